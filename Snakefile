@@ -1,0 +1,42 @@
+# featdyn: how a pretrained CNN's internal features change, epoch by epoch, while it is fine-tuned.
+# Entry point: config, validation, rule modules, the target rule. See README.md.
+import os
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The library lives in src/; every job (local, conda or cluster) imports it from here.
+FEATDYN_SRC = os.path.join(workflow.basedir, "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (FEATDYN_SRC, os.environ.get("PYTHONPATH")) if p)
+sys.path.insert(0, FEATDYN_SRC)
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/similarity.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    input:
+        "results/tables/table1_accuracy.csv",
+        "results/tables/table1_accuracy.md",
+        "results/tables/table2_reusability.csv",
+        "results/tables/table2_reusability.md",
+        "results/tables/metric_correlation.csv",
+        expand("results/figures/similarity_{model}.png", model=MODELS),
+    default_target: True

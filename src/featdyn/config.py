@@ -1,0 +1,150 @@
+"""Resolve and check a workflow config beyond what its JSON schema can say.
+
+The schema (workflow/schemas/config.schema.yaml) checks types and names; this module checks the
+meaning (the model and weights exist in torchvision, dataset folders exist and hold images, a
+metric's parameters fit its kind) and fills in defaults, so that a bad config stops before any job
+runs with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+from pathlib import Path
+
+from . import FeatdynError
+from .training import TrainConfig
+
+SOURCE_KEYS = ("demo", "path", "train", "test", "url")
+FILTER_KINDS = ("procrustes", "cka")
+
+
+def training_config(config: dict, model: str, dataset: str) -> dict:
+    """The training block for one run: defaults < global ``training`` < model's < dataset's."""
+    cfg = asdict(TrainConfig()) | {"seed": config.get("seed", 0)}
+    cfg.pop("extra")
+    for block in (config.get("training") or {}, config["models"][model].get("training") or {},
+                  config["datasets"][dataset].get("training") or {}):
+        cfg |= block
+    return cfg
+
+
+def analysed_epochs(config: dict, model: str, dataset: str) -> list[int]:
+    """Epochs whose activations are captured and compared: 0 (the source) and the analysed ones."""
+    t = training_config(config, model, dataset)["epochs"]
+    wanted = (config.get("analysis") or {}).get("epochs", "all")
+    if wanted == "all":
+        return list(range(t + 1))
+    return [0] + sorted({e for e in wanted if e <= t})
+
+
+def dataset_kind(name: str, spec: dict) -> str:
+    """'demo', 'tree' (one folder, split here), 'pair' (train/test folders) or 'url'."""
+    given = [k for k in SOURCE_KEYS if k in spec]
+    if "url" in spec:
+        if "sha256" not in spec:
+            raise FeatdynError(f"datasets.{name}: a url needs its sha256 (datasets.{name}.sha256)")
+        if "demo" in spec:
+            raise FeatdynError(f"datasets.{name}: give either url or demo, not both")
+        return "url"
+    if given == ["demo"]:
+        return "demo"
+    if given == ["path"]:
+        return "tree"
+    if sorted(given) == ["test", "train"]:
+        return "pair"
+    raise FeatdynError(f"datasets.{name}: expected exactly one of `demo`, `path`, `train` + `test`, or `url` "
+                       f"(+ `sha256`); got {given or 'none'}")
+
+
+def layers_of(config: dict, model: str) -> list[str]:
+    from .layers import preset
+
+    spec = config["models"][model]
+    layers = spec.get("layers", "preset")
+    return preset(spec["arch"]) if layers == "preset" else list(layers)
+
+
+def metric_params(config: dict, metric: str) -> dict:
+    """A metric's parameter block with defaults: kind, granularity and the kind's own parameters."""
+    from .metrics import check_params
+
+    block = dict(config["metrics"][metric])
+    kind = block.pop("kind")
+    granularity = block.pop("granularity", "layer")
+    if granularity == "filter" and kind not in FILTER_KINDS:
+        raise FeatdynError(f"metrics.{metric}: granularity 'filter' exists for {list(FILTER_KINDS)}, not {kind!r}")
+    try:
+        params = check_params(kind, block)
+    except FeatdynError as exc:
+        raise FeatdynError(f"metrics.{metric}: {exc}") from None
+    return {"kind": kind, "granularity": granularity, **params}
+
+
+def check(config: dict, base: str | Path = ".") -> None:
+    """Raise FeatdynError naming every problem found in ``config`` (paths relative to ``base``)."""
+    from .datasets import scan_tree
+    from .layers import PRESETS
+    from .models import check_arch, is_weights_file, resolve_weights
+
+    problems: list[str] = []
+
+    def attempt(fn, *args) -> None:
+        try:
+            fn(*args)
+        except FeatdynError as exc:
+            problems.append(str(exc))
+
+    for name, spec in config["models"].items():
+        def model_checks(name=name, spec=spec) -> None:
+            try:
+                check_arch(spec["arch"])
+            except FeatdynError as exc:
+                raise FeatdynError(f"models.{name}.arch: {exc}") from None
+            weights = spec.get("weights", "IMAGENET1K_V1")
+            if weights is not None and is_weights_file(weights):
+                if not (Path(base) / weights).is_file():
+                    raise FeatdynError(f"models.{name}.weights: file {weights} does not exist")
+            elif weights is not None:
+                try:
+                    resolve_weights(spec["arch"], weights)
+                except FeatdynError as exc:
+                    raise FeatdynError(f"models.{name}.weights: {exc}") from None
+            if spec.get("layers", "preset") == "preset" and spec["arch"] not in PRESETS:
+                raise FeatdynError(f"models.{name}.layers: no preset for {spec['arch']!r} "
+                                   f"(presets: {sorted(PRESETS)}); give a list of module paths")
+        attempt(model_checks)
+
+    for name, spec in config["datasets"].items():
+        def dataset_checks(name=name, spec=spec) -> None:
+            kind = dataset_kind(name, spec)
+            if kind == "tree":
+                scan_tree(Path(base) / spec["path"], f"datasets.{name}.path")
+            elif kind == "pair":
+                scan_tree(Path(base) / spec["train"], f"datasets.{name}.train")
+                scan_tree(Path(base) / spec["test"], f"datasets.{name}.test")
+        attempt(dataset_checks)
+
+    for metric in config["metrics"]:
+        attempt(metric_params, config, metric)
+
+    for model in config["models"]:
+        for dataset in config["datasets"]:
+            try:
+                t = training_config(config, model, dataset)["epochs"]
+            except KeyError:
+                continue
+            wanted = (config.get("analysis") or {}).get("epochs", "all")
+            if wanted != "all" and max(wanted) > t:
+                problems.append(f"analysis.epochs: epoch {max(wanted)} is beyond training.epochs={t} "
+                                f"for {model} x {dataset}")
+    if problems:
+        raise FeatdynError("invalid config:\n  - " + "\n  - ".join(dict.fromkeys(problems)))
+
+
+def with_defaults(config: dict) -> dict:
+    """A copy of ``config`` with the optional top-level blocks present."""
+    cfg = copy.deepcopy(config)
+    for key in ("split", "probe", "training", "extraction", "analysis"):
+        cfg.setdefault(key, {})
+    return cfg

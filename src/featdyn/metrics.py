@@ -1,0 +1,170 @@
+"""Distances between two representations, from their float64 sufficient statistics.
+
+Rows are observations, columns are features. X and Y are column-centred; X* = X / ||X||_F.
+Every metric here is a function of the centred scatter matrices Cxx = X^T X, Cyy = Y^T Y and
+Cxy = X^T Y (see :mod:`featdyn.stats`), so all of them come from one pass over the data and a
+few C x C decompositions.
+
+Each metric is one small function with its math in the docstring, and declares its properties in
+:data:`METRICS` (the property tests check each claim both ways).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from . import FeatdynError
+from .linalg import nuclear_norm, sym_eigh
+from .stats import PairStats, pair_stats
+
+# Eigenvalues of a scatter matrix below this fraction of the largest are numerical zeros
+# (float64 rounding of the accumulated Gram matrix is ~ C * eps * lambda_max).
+EIG_TOL = 1e-12
+
+
+class DegenerateWarning(UserWarning):
+    """A metric is undefined or trivially zero for these inputs."""
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a metric is, and which of its properties the tests must confirm."""
+
+    name: str
+    fn: Callable[..., float]
+    symmetric: bool
+    is_metric: bool  # satisfies the triangle inequality
+    invariances: frozenset[str]  # orthogonal, isotropic_scaling, translation, invertible_linear
+    bounds: tuple[float, float]
+    params: dict = field(default_factory=dict)
+    kind: str = "distance"
+
+
+def _undefined(what: str) -> float:
+    warnings.warn(f"{what}: a representation has zero variance; the distance is undefined (NaN)",
+                  DegenerateWarning, stacklevel=3)
+    return math.nan
+
+
+def procrustes(s: PairStats) -> float:
+    """Orthogonal Procrustes distance, normalised: 1 - ||X*^T Y*||_*.
+
+    With X* = X / ||X||_F and Y* likewise, Ding et al.'s squared Procrustes distance is
+    d^2 = ||X*||^2 + ||Y*||^2 - 2 ||X*^T Y*||_* = 2 - 2 ||X*^T Y*||_*; this returns d^2 / 2, in
+    [0, 1] (the range the paper states; its Eq. 2 is garbled). In statistics:
+    ||X*^T Y*||_* = ||Cxy||_* / sqrt(tr Cxx tr Cyy).
+    """
+    cxx, cyy, cxy = s.centered()
+    tx, ty = float(torch.trace(cxx)), float(torch.trace(cyy))
+    if tx <= 0 or ty <= 0:
+        return _undefined("procrustes")
+    return min(max(1.0 - float(nuclear_norm(cxy)) / math.sqrt(tx * ty), 0.0), 1.0)
+
+
+def _partial_whitener(c: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eigenvectors V, eigenvalues lam (numerical zeros set to 0) and whitening weights d of a
+    scatter matrix c, with phi_alpha = V diag(d) V^T and d = alpha + (1 - alpha) / sqrt(lam').
+
+    lam' = C * lam / tr(c) has unit mean, so the whitening does not depend on the scale of the
+    activations (netrep whitens with the raw X^T X, whose scale then leaks into the distance for
+    0 < alpha < 1). Numerically-zero directions get d = 0: they hold no variance to whiten.
+    """
+    lam, v = sym_eigh(c)
+    keep = lam > EIG_TOL * lam[-1].clamp_min(0) * c.shape[0]
+    lam = torch.where(keep, lam, torch.zeros_like(lam))
+    scaled = lam * (c.shape[0] / lam.sum())
+    d = torch.where(keep, alpha + (1.0 - alpha) / scaled.clamp_min(1e-300).sqrt(), torch.zeros_like(lam))
+    return v, lam, d
+
+
+def pwsm(s: PairStats, alpha: float = 0.0) -> float:
+    """Partial-whitening shape metric (Williams et al. 2021): the angle, in radians, [0, pi/2],
+
+        theta = arccos( ||phi(X)^T phi(Y)||_* / (||phi(X)||_F ||phi(Y)||_F) ),
+
+    where phi(X) = X V diag(alpha + (1 - alpha) lam'^-1/2) V^T partially whitens X with the
+    eigen-decomposition V diag(lam) V^T of Cxx, lam' = C lam / tr(Cxx) (unit mean eigenvalue).
+    alpha = 1 is the angular Procrustes distance arccos(1 - procrustes); alpha = 0 whitens fully
+    and gives arccos of the mean canonical correlation (CCA). It is a metric for every alpha.
+    With alpha = 0 and fewer observations than features, every representation is a rotation of
+    every other: the distance is exactly 0 (a warning says so).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise FeatdynError(f"pwsm: alpha must lie in [0, 1], got {alpha}")
+    cxx, cyy, cxy = s.centered()
+    if float(torch.trace(cxx)) <= 0 or float(torch.trace(cyy)) <= 0:
+        return _undefined("pwsm")
+    if alpha < 1.0 and s.n <= max(cxx.shape[0], cyy.shape[0]):
+        warnings.warn(f"pwsm with alpha={alpha}: {s.n} observations for {cxx.shape[0]} features; "
+                      f"whitening makes the distance meaningless (0 at alpha = 0)", DegenerateWarning, stacklevel=2)
+    vx, lx, dx = _partial_whitener(cxx, alpha)
+    vy, ly, dy = _partial_whitener(cyy, alpha)
+    m = dx[:, None] * (vx.mT @ cxy @ vy) * dy[None, :]
+    norm = math.sqrt(float((lx * dx**2).sum()) * float((ly * dy**2).sum()))
+    cos = float(nuclear_norm(m)) / norm
+    return math.acos(min(max(cos, -1.0), 1.0))
+
+
+def cca(s: PairStats) -> float:
+    """Canonical correlation distance: pwsm with alpha = 0, i.e. arccos(mean canonical correlation).
+
+    Invariant to any invertible linear map of either representation."""
+    return pwsm(s, alpha=0.0)
+
+
+def cka(s: PairStats) -> float:
+    """One minus linear CKA (Kornblith et al. 2019), in [0, 1]:
+
+        1 - ||Cxy||_F^2 / (||Cxx||_F ||Cyy||_F).
+    """
+    cxx, cyy, cxy = s.centered()
+    nx, ny = float(torch.linalg.matrix_norm(cxx)), float(torch.linalg.matrix_norm(cyy))
+    if nx <= 0 or ny <= 0:
+        return _undefined("cka")
+    return min(max(1.0 - float(torch.linalg.matrix_norm(cxy)) ** 2 / (nx * ny), 0.0), 1.0)
+
+
+_SIMILARITY = frozenset({"orthogonal", "isotropic_scaling", "translation"})
+
+METRICS: dict[str, MetricInfo] = {
+    "procrustes": MetricInfo("procrustes", procrustes, symmetric=True, is_metric=False,
+                             invariances=_SIMILARITY, bounds=(0.0, 1.0)),
+    "pwsm": MetricInfo("pwsm", pwsm, symmetric=True, is_metric=True, invariances=_SIMILARITY,
+                       bounds=(0.0, math.pi / 2), params={"alpha": 0.0}),
+    "cka": MetricInfo("cka", cka, symmetric=True, is_metric=False, invariances=_SIMILARITY, bounds=(0.0, 1.0)),
+    "cca": MetricInfo("cca", cca, symmetric=True, is_metric=True,
+                      invariances=_SIMILARITY | {"invertible_linear"}, bounds=(0.0, math.pi / 2)),
+}
+
+
+def info(name: str) -> MetricInfo:
+    if name not in METRICS:
+        raise FeatdynError(f"unknown metric {name!r}; expected one of {sorted(METRICS)}")
+    return METRICS[name]
+
+
+def check_params(name: str, params: dict) -> dict:
+    """The metric's parameters with defaults filled in; unknown keys are an error."""
+    m = info(name)
+    unknown = set(params) - set(m.params)
+    if unknown:
+        raise FeatdynError(f"metric {name!r} takes parameters {sorted(m.params) or 'none'}, got {sorted(unknown)}")
+    return m.params | params
+
+
+def from_stats(name: str, stats: PairStats, **params) -> float:
+    """The distance ``name`` from precomputed :class:`PairStats`."""
+    return info(name).fn(stats, **check_params(name, params))
+
+
+def distance(name: str, x, y, device: torch.device | str = "cpu", **params) -> float:
+    """The distance ``name`` between 2-D representations ``x`` and ``y`` (numpy or torch,
+    rows = observations, columns = features), computed in float64."""
+    if getattr(x, "ndim", 2) != 2 or getattr(y, "ndim", 2) != 2:
+        raise FeatdynError("distance() takes 2-D inputs (rows = observations, columns = features)")
+    return from_stats(name, pair_stats(x, y, device), **params)

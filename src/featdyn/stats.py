@@ -1,0 +1,203 @@
+"""Streaming float64 sufficient statistics of a pair of representations.
+
+Every layer-granularity metric is a function of n, the column sums, X^T X, Y^T Y and X^T Y of the
+(N*H*W) x C activation matrices. They are accumulated batch by batch in float64 (on the GPU when
+there is one), so the full matrices never exist in memory. Rows are shifted by a fixed reference
+(the first batch's column means) before accumulating: centring later by subtracting outer(sum,
+sum)/n then loses no digits to large means (a translation of the data changes nothing).
+
+The source side (n, sum_x, X^T X) does not depend on the epoch: it is computed once per
+(model, dataset) and shared by every epoch's cross statistics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import FeatdynError
+from .atomic import atomic_path
+from .linalg import as_tensor
+
+# Rows per float64 block: bounds the working memory of one update (64 MiB for C = 512).
+MAX_BLOCK_ELEMENTS = 1 << 23
+
+
+@dataclass
+class SideStats:
+    """n, the shift, the column sums of (x - shift) and the Gram matrix of (x - shift)."""
+
+    n: int
+    shift: torch.Tensor
+    sum: torch.Tensor
+    gram: torch.Tensor
+
+    def centered(self) -> torch.Tensor:
+        """The centred scatter matrix Xc^T Xc."""
+        return self.gram - torch.outer(self.sum, self.sum) / self.n
+
+
+@dataclass
+class PairStats:
+    """Sufficient statistics of a pair (X, Y) with the same rows."""
+
+    x: SideStats
+    y: SideStats
+    xy: torch.Tensor  # sum of (x - shift_x)^T (y - shift_y)
+
+    @property
+    def n(self) -> int:
+        return self.x.n
+
+    def centered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Xc^T Xc, Yc^T Yc, Xc^T Yc) for column-centred X, Y."""
+        cxy = self.xy - torch.outer(self.x.sum, self.y.sum) / self.n
+        return self.x.centered(), self.y.centered(), cxy
+
+
+def rows_of(maps: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) feature maps -> (B*H*W, C) observations x channels (2-D input passes through)."""
+    t = torch.as_tensor(maps)
+    if t.ndim == 2:
+        return t
+    if t.ndim != 4:
+        raise FeatdynError(f"expected (B, C, H, W) feature maps or a 2-D matrix, got shape {tuple(t.shape)}")
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+class Accumulator:
+    """Feed row blocks of X (and optionally Y); read :class:`SideStats` / :class:`PairStats`.
+
+    ``x_shift`` pins the X-side shift (to share the source statistics across epochs); by default
+    each side's shift is the column mean of its first block.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", x_shift: torch.Tensor | None = None,
+                 x_gram: bool = True) -> None:
+        self.device = torch.device(device)
+        self.x_gram = x_gram
+        self.n = 0
+        self.x_shift = None if x_shift is None else as_tensor(x_shift, self.device)
+        self.y_shift: torch.Tensor | None = None
+        self.sx = self.sy = self.xx = self.yy = self.xy = None
+
+    def update(self, x, y=None) -> None:
+        """Add the rows of ``x`` (and the matching rows of ``y``); maps are flattened by :func:`rows_of`."""
+        x = rows_of(x)
+        y = rows_of(y) if y is not None else None
+        if y is not None and y.shape[0] != x.shape[0]:
+            raise FeatdynError(f"X has {x.shape[0]} rows but Y has {y.shape[0]}")
+        step = max(1, MAX_BLOCK_ELEMENTS // max(x.shape[1], 1))
+        for start in range(0, x.shape[0], step):
+            xb = as_tensor(x[start:start + step], self.device)
+            yb = as_tensor(y[start:start + step], self.device) if y is not None else None
+            self._update_block(xb, yb)
+
+    def _update_block(self, xb: torch.Tensor, yb: torch.Tensor | None) -> None:
+        if self.x_shift is None:
+            self.x_shift = xb.mean(0)
+        xb = xb - self.x_shift
+        if self.sx is None:
+            c = xb.shape[1]
+            self.sx = torch.zeros(c, dtype=torch.float64, device=self.device)
+            self.xx = torch.zeros(c, c, dtype=torch.float64, device=self.device)
+        self.sx += xb.sum(0)
+        if self.x_gram:
+            self.xx += xb.mT @ xb
+        if yb is not None:
+            if self.y_shift is None:
+                self.y_shift = yb.mean(0)
+            yb = yb - self.y_shift
+            if self.sy is None:
+                c = yb.shape[1]
+                self.sy = torch.zeros(c, dtype=torch.float64, device=self.device)
+                self.yy = torch.zeros(c, c, dtype=torch.float64, device=self.device)
+                self.xy = torch.zeros(self.xx.shape[0], c, dtype=torch.float64, device=self.device)
+            self.sy += yb.sum(0)
+            self.yy += yb.mT @ yb
+            self.xy += xb.mT @ yb
+        self.n += xb.shape[0]
+
+    def side(self) -> SideStats:
+        if self.n == 0:
+            raise FeatdynError("no rows were accumulated")
+        return SideStats(self.n, self.x_shift, self.sx, self.xx)
+
+    def pair(self) -> PairStats:
+        if self.xy is None:
+            raise FeatdynError("no Y rows were accumulated")
+        return PairStats(self.side(), SideStats(self.n, self.y_shift, self.sy, self.yy), self.xy)
+
+
+def pair_stats(x, y, device: torch.device | str = "cpu") -> PairStats:
+    """One-shot statistics of two full matrices (or map stacks)."""
+    acc = Accumulator(device)
+    acc.update(x, y)
+    return acc.pair()
+
+
+def stream_pair(blocks: Iterable[tuple[np.ndarray, np.ndarray]], device: torch.device | str = "cpu",
+                source: SideStats | None = None) -> PairStats:
+    """Accumulate paired blocks; with ``source`` the X side reuses its shift and statistics."""
+    # With the shared source side, skip its Gram matrix: only the sums are needed to check n.
+    acc = Accumulator(device, x_shift=None if source is None else source.shift, x_gram=source is None)
+    for xb, yb in blocks:
+        acc.update(xb, yb)
+    pair = acc.pair()
+    if source is not None:
+        if source.n != pair.n:
+            raise FeatdynError(f"source statistics have n={source.n} rows, the epoch has {pair.n}")
+        pair.x = SideStats(source.n, source.shift, source.sum.to(pair.xy.device), source.gram.to(pair.xy.device))
+    return pair
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+def save_sides(path: str | os.PathLike, sides: Mapping[str, SideStats]) -> None:
+    """Save per-layer :class:`SideStats` to one ``.npz`` (atomically)."""
+    arrays: dict[str, np.ndarray] = {"__layers__": np.array(list(sides))}
+    for i, s in enumerate(sides.values()):
+        arrays |= {f"{i}/n": np.array(s.n), f"{i}/shift": s.shift.cpu().numpy(),
+                   f"{i}/sum": s.sum.cpu().numpy(), f"{i}/gram": s.gram.cpu().numpy()}
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+
+
+def load_sides(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, SideStats]:
+    try:
+        z = np.load(path)
+        layers = list(z["__layers__"])
+        return {str(layer): SideStats(int(z[f"{i}/n"]), as_tensor(z[f"{i}/shift"], device),
+                                      as_tensor(z[f"{i}/sum"], device), as_tensor(z[f"{i}/gram"], device))
+                for i, layer in enumerate(layers)}
+    except (OSError, KeyError, ValueError) as exc:
+        raise FeatdynError(f"cannot read statistics file {path}: {exc}") from exc
+
+
+def save_pairs(path: str | os.PathLike, pairs: Mapping[str, PairStats]) -> None:
+    """Save the target side and cross term of per-layer :class:`PairStats` (the source side lives
+    in its own file)."""
+    arrays: dict[str, np.ndarray] = {"__layers__": np.array(list(pairs))}
+    for i, p in enumerate(pairs.values()):
+        arrays |= {f"{i}/n": np.array(p.n), f"{i}/shift": p.y.shift.cpu().numpy(),
+                   f"{i}/sum": p.y.sum.cpu().numpy(), f"{i}/gram": p.y.gram.cpu().numpy(),
+                   f"{i}/xy": p.xy.cpu().numpy()}
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+
+
+def load_pairs(path: str | os.PathLike, source: Mapping[str, SideStats],
+               device: torch.device | str = "cpu") -> dict[str, PairStats]:
+    """Load an epoch's statistics and join them with the shared ``source`` side."""
+    targets = load_sides(path, device)
+    z = np.load(path)
+    out = {}
+    for i, (layer, ys) in enumerate(targets.items()):
+        if layer not in source:
+            raise FeatdynError(f"{path}: layer {layer!r} has no source statistics")
+        out[layer] = PairStats(source[layer], ys, as_tensor(z[f"{i}/xy"], device))
+    return out

@@ -1,0 +1,23 @@
+# Stage 3: the probe set's feature maps of each analysed epoch, one Zarr store per checkpoint.
+
+
+rule extract:
+    input:
+        unpack(lambda w: data_files(w.dataset)),
+        checkpoint="results/checkpoints/{model}/{dataset}/epoch_{epoch}.pt",
+    output:
+        directory("results/activations/{model}/{dataset}/epoch_{epoch}.zarr"),
+    params:
+        layers=lambda w: fdconfig.layers_of(config, w.model),
+        extraction=config["extraction"],
+        device=config["device"],
+    threads: 4
+    resources:
+        mem_mb=8000,
+        gpu=1,
+    log:
+        "results/logs/extract/{model}/{dataset}/epoch_{epoch}.log",
+    conda:
+        "../../envs/featdyn.yaml"
+    script:
+        "../scripts/extract.py"

@@ -1,0 +1,19 @@
+# Stage 6: the paper's figures.
+
+
+rule similarity_curves:
+    input:
+        lambda w: [f"results/scores/{s}/{w.model}/{d}.csv" for s in METRICS for d in DATASETS],
+    output:
+        report(
+            "results/figures/similarity_{model}.png",
+            caption="../report/similarity.rst",
+            category="Figures",
+            subcategory="{model}",
+        ),
+    log:
+        "results/logs/figures/similarity_{model}.log",
+    conda:
+        "../../envs/featdyn.yaml"
+    script:
+        "../scripts/similarity_curves.py"

@@ -1,0 +1,12 @@
+from featdyn.datasets import ImageCache
+from featdyn.extraction import extract
+from featdyn.progress import job_setup
+from featdyn.training import pick_device
+
+log = job_setup(snakemake.log[0], snakemake.threads, name="extract")
+w, p = snakemake.wildcards, snakemake.params
+cache = ImageCache(snakemake.input.manifest.rsplit("/", 1)[0])
+ex = p.extraction
+extract(snakemake.input.checkpoint, cache, p.layers, snakemake.output[0], batch_size=ex["batch_size"],
+        dtype=ex["dtype"], codec=ex["codec"], level=ex["level"], device=pick_device(p.device),
+        attrs={"model": w.model, "dataset": w.dataset})

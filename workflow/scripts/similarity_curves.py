@@ -1,0 +1,8 @@
+import pandas as pd
+
+from featdyn.figures import similarity_curves
+from featdyn.progress import job_setup
+
+log = job_setup(snakemake.log[0], name="similarity_curves")
+scores = pd.concat([pd.read_csv(p) for p in snakemake.input], ignore_index=True)
+similarity_curves(scores, snakemake.wildcards.model, snakemake.output[0])
