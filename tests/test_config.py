@@ -1,0 +1,74 @@
+"""Semantic config checks: each bad input names its key and what was expected."""
+
+import copy
+
+import pytest
+
+from conftest import make_tree
+from featdyn import FeatdynError
+from featdyn.config import analysed_epochs, check, metric_params, training_config
+
+BASE = {
+    "seed": 3,
+    "models": {"m": {"arch": "mobilenet_v2", "weights": None, "training": {"lr": 0.5}}},
+    "datasets": {"d": {"demo": "digits", "training": {"lr": 0.25, "epochs": 4}}, "e": {"demo": "textures"}},
+    "training": {"epochs": 2, "batch_size": 7},
+    "metrics": {"p": {"kind": "procrustes"}, "w": {"kind": "pwsm", "alpha": 0.5}},
+}
+
+
+def cfg(**changes):
+    c = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        node = c
+        keys = path.split("__")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    return c
+
+
+def test_valid_config_passes():
+    check(cfg())
+
+
+def test_training_blocks_merge_global_then_model_then_dataset():
+    t = training_config(cfg(), "m", "d")
+    assert (t["lr"], t["epochs"], t["batch_size"], t["seed"]) == (0.25, 4, 7, 3)
+    assert training_config(cfg(), "m", "e")["lr"] == 0.5
+
+
+def test_analysed_epochs():
+    assert analysed_epochs(cfg(), "m", "e") == [0, 1, 2]
+    assert analysed_epochs(cfg(analysis={"epochs": [2, 1]}), "m", "e") == [0, 1, 2]
+    assert analysed_epochs(cfg(analysis={"epochs": [1, 3]}), "m", "d") == [0, 1, 3]
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"models__m__arch": "resnet5"}, "models.m.arch"),
+    ({"models__m__weights": "IMAGENET9K"}, "models.m.weights"),
+    ({"models__m__weights": "weights/missing.pth"}, "weights/missing.pth"),
+    ({"models__m__arch": "alexnet", "models__m__layers": "preset"}, "models.m.layers"),
+    ({"datasets__d": {"path": "no/such/folder"}}, "no/such/folder"),
+    ({"datasets__d": {"demo": "digits", "path": "x"}}, "datasets.d"),
+    ({"datasets__d": {"url": "file:///x.tar"}}, "datasets.d.sha256"),
+    ({"datasets__d": {"train": "x"}}, "datasets.d"),
+    ({"metrics__p": {"kind": "procrustes", "alpha": 1.0}}, "metrics.p"),
+    ({"analysis": {"epochs": [9]}}, "analysis.epochs"),
+])
+def test_bad_config_names_the_key(changes, needle):
+    with pytest.raises(FeatdynError) as err:
+        check(cfg(**changes))
+    assert needle in str(err.value)
+
+
+def test_empty_class_folder_is_named(tmp_path):
+    root = make_tree(tmp_path / "t", classes=2, per_class=2, size=8)
+    (root / "empty_class").mkdir()
+    with pytest.raises(FeatdynError, match="empty_class"):
+        check(cfg(datasets__d={"path": str(root)}))
+
+
+def test_metric_params_fill_defaults():
+    assert metric_params(cfg(), "p") == {"kind": "procrustes", "granularity": "layer"}
+    assert metric_params(cfg(), "w") == {"kind": "pwsm", "granularity": "layer", "alpha": 0.5}
