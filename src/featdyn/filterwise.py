@@ -17,9 +17,10 @@ no direction to compare: the pair is skipped and counted, never averaged in as N
 np.nanmean did the same silently.
 
 Everything runs batched in float64 with torch, on CUDA when available, in chunks of pairs. The
-nuclear norms use sqrt(eigvalsh(M^T M)) (svdvals where that is inaccurate) on CPUs, and the
-scaled Newton-Schulz polar iteration on GPUs, where it is matmuls only and 20-50x faster than a
-batched eigensolver; both agree to ~1e-10 (tests/test_filterwise.py).
+nuclear norms use LAPACK's svdvals on CPUs (M = A*^T B* is always singular: A* 1 = 0 after row
+centring, so sqrt(eigvalsh(M^T M)) would need its svdvals fallback anyway), and the scaled
+Newton-Schulz polar iteration on GPUs, where it is matmuls only and much faster than a batched
+eigensolver; the two agree to ~1e-10 (tests/test_filterwise.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from . import FeatdynError
-from .linalg import nuclear_norm, polar_nuclear_norm, resolve_device
+from .linalg import chunked, nuclear_norm, polar_nuclear_norm, resolve_device
 
 FILTER_KINDS = ("procrustes", "cka")
 METHODS = ("auto", "eig", "svd", "polar")
@@ -65,7 +66,7 @@ def _nuclear(m: torch.Tensor, method: str) -> torch.Tensor:
     if method == "polar":
         return polar_nuclear_norm(m, POLAR_TOL)
     if method == "svd":
-        return torch.linalg.svdvals(m).sum(-1)
+        return chunked(lambda b: torch.linalg.svdvals(b).sum(-1), m)
     return nuclear_norm(m)
 
 
@@ -117,21 +118,22 @@ def map_distances(kind: str, a, b, method: str = "auto", device: torch.device | 
 
     Pairs go to ``device`` (default: CUDA when available) in float64 chunks; ``method`` picks the
     nuclear norm: 'eig' (eigvalsh of M^T M, svdvals where needed), 'svd', 'polar' (Newton-Schulz),
-    'auto' (polar on CUDA, eig elsewhere)."""
+    'auto' (polar on CUDA, svd elsewhere: row-centred maps always have the null vector 1, so
+    M = A*^T B* is singular and 'eig' would fall back to svdvals after paying for eigvalsh)."""
     check_kind(kind, method)
     ta, tb = torch.as_tensor(a), torch.as_tensor(b)
     if ta.shape != tb.shape or ta.ndim < 2:
         raise FeatdynError(f"map pairs must have the same shape (..., H, W): got {tuple(ta.shape)} and {tuple(tb.shape)}")
     dev = resolve_device(device, ta)
     if method == "auto":
-        method = "polar" if dev.type == "cuda" else "eig"
+        method = "polar" if dev.type == "cuda" else "svd"
     lead, (h, w) = ta.shape[:-2], ta.shape[-2:]
     fa, fb = ta.reshape(-1, h, w), tb.reshape(-1, h, w)
     step = max(1, CHUNK_ELEMENTS.get(dev.type, CHUNK_ELEMENTS["cpu"]) // (h * w))
     values, valid = [], []
     for i in range(0, fa.shape[0], step):
-        ca = fa[i:i + step].to(device=dev, dtype=torch.float64)
-        cb = fb[i:i + step].to(device=dev, dtype=torch.float64)
+        ca = fa[i:i + step].to(dev).to(torch.float64)  # move, then widen on the device
+        cb = fb[i:i + step].to(dev).to(torch.float64)
         v, ok = MAP_DISTANCES[kind](ca, cb, method)
         values.append(v.cpu())
         valid.append(ok.cpu())
