@@ -59,7 +59,7 @@ def test_demo_dry_run_lists_every_stage():
     proc = snakemake(REPO, "-n", "--forceall", "--quiet", "rules")
     out = proc.stdout + proc.stderr
     for rule in ["materialise_demo", "prepare_dataset", "fetch_weights", "finetune_epoch", "extract",
-                 "source_stats", "layer_stats", "filter_scores", "score", "table1", "table2", "metric_correlation",
+                 "source_stats", "layer_stats", "score", "table1", "table2", "metric_correlation",
                  "similarity_curves"]:
         assert rule in out, f"rule {rule} missing from the demo DAG:\n{out}"
 
