@@ -35,12 +35,24 @@ def tiny_config(tmp: Path, **over) -> Path:
         "probe": {"per_class": 3, "seed": 0},
         "training": {"epochs": 2, "batch_size": 8, "lr": 1e-3},
         "extraction": {"batch_size": 4},
-        "metrics": {"procrustes": {"kind": "procrustes"}, "pwsm": {"kind": "pwsm", "alpha": 0.5}},
+        "metrics": {"procrustes": {"kind": "procrustes"}, "pwsm": {"kind": "pwsm", "alpha": 0.5},
+                    "procrustes_f": {"kind": "procrustes", "granularity": "filter"},
+                    "cka_f": {"kind": "cka", "granularity": "filter"}},
     }
     cfg.update(over)
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def job_counts(dry_run_stdout: str) -> dict[str, int]:
+    """{rule: jobs} from the job table of `snakemake -n --quiet rules`."""
+    counts = {}
+    for line in dry_run_stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
 
 
 def test_demo_dry_run_lists_every_stage():
@@ -60,11 +72,20 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert t1[["train_acc", "test_acc"]].apply(lambda s: s.between(0, 100)).all().all()
     t2 = pd.read_csv(tmp_path / "results/tables/table2_reusability.csv")
     assert list(t2.columns[:5]) == ["model", "dataset", "metric", "mean", "std"]
-    assert set(t2["metric"]) == {"procrustes", "pwsm"}
+    assert set(t2["metric"]) == {"procrustes", "pwsm", "procrustes_f", "cka_f"}
     assert (t2["mean"] > 0).all(), "fine-tuning with lr 1e-3 must move the features away from the source"
     scores = pd.read_csv(tmp_path / "results/scores/procrustes/mnet/colours.csv")
     assert scores[scores["epoch"] == 0]["value"].abs().max() < 1e-9, "epoch 0 is the source model itself"
     assert (tmp_path / "results/figures/similarity_mnet.png").stat().st_size > 10_000
+    # filter granularity: per-(layer, class, filter) tables per epoch, layer means in the tidy table
+    filt = pd.read_csv(tmp_path / "results/scores/procrustes_f/mnet/colours.csv")
+    assert (filt["granularity"] == "filter").all() and len(filt) == 2 * 3
+    assert filt[filt["epoch"] == 0]["value"].abs().max() < 1e-9
+    per_filter = pd.read_csv(tmp_path / "results/filters/cka_f/mnet/colours/epoch_2.csv")
+    assert {"class", "filter", "images", "skipped"} <= set(per_filter.columns)
+    assert per_filter["class"].nunique() == 2 and per_filter["value"].notna().any()
+    corr = pd.read_csv(tmp_path / "results/tables/metric_correlation.csv")
+    assert set(corr["reading"]) == {"layers_epochs", "filters_per_class"}
     log = (tmp_path / "results/logs/finetune_epoch/mnet/colours/epoch_1.log").read_text()
     assert "img/s" in log and "epoch 1" in log
 
@@ -76,8 +97,18 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     cfg2.write_text(yaml.safe_dump(data))
     dry = snakemake(tmp_path, "--configfile", str(cfg2), "-n", "--quiet", "rules").stdout
     assert "score" in dry and "table2" in dry
-    for rule in ("finetune_epoch", "extract", "layer_stats", "prepare_dataset"):
+    for rule in ("finetune_epoch", "extract", "layer_stats", "prepare_dataset", "filter_scores"):
         assert rule not in dry, f"{rule} would rerun after a metric change:\n{dry}"
+    assert job_counts(dry)["score"] == 1
+
+    # Changing a filter metric reruns its per-epoch filter jobs and its score, nothing upstream.
+    data["metrics"]["pwsm"]["alpha"] = 0.5
+    data["metrics"]["cka_f"]["kind"] = "procrustes"
+    cfg2.write_text(yaml.safe_dump(data))
+    counts = job_counts(snakemake(tmp_path, "--configfile", str(cfg2), "-n", "--quiet", "rules").stdout)
+    assert counts.get("filter_scores") == 3 and counts.get("score") == 1, counts
+    for rule in ("finetune_epoch", "extract", "layer_stats", "source_stats"):
+        assert rule not in counts, f"{rule} would rerun after a filter metric change: {counts}"
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

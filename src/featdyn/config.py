@@ -13,10 +13,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import FeatdynError
+from .filterwise import FILTER_KINDS
 from .training import TrainConfig
 
 SOURCE_KEYS = ("demo", "path", "train", "test", "url")
-FILTER_KINDS = ("procrustes", "cka")
 
 
 def training_config(config: dict, model: str, dataset: str) -> dict:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from . import FeatdynError
-from .linalg import nuclear_norm, sym_eigh
+from .linalg import nuclear_norm, resolve_device, sym_eigh
 from .stats import PairStats, pair_stats
 
 # Eigenvalues of a scatter matrix below this fraction of the largest are numerical zeros
@@ -33,16 +33,28 @@ class DegenerateWarning(UserWarning):
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """What a metric is, and which of its properties the tests must confirm."""
+    """What a metric is, and which of its properties the tests must confirm.
+
+    ``invariances`` names the transformations of one representation that leave the value
+    unchanged (orthogonal, isotropic_scaling, translation, invertible_linear); the property tests
+    check each name both ways: a declared invariance must hold and an undeclared one must change
+    the value. ``param_invariances`` adds the invariances that only some parameter values have.
+    """
 
     name: str
     fn: Callable[..., float]
     symmetric: bool
     is_metric: bool  # satisfies the triangle inequality
-    invariances: frozenset[str]  # orthogonal, isotropic_scaling, translation, invertible_linear
+    invariances: frozenset[str]
     bounds: tuple[float, float]
     params: dict = field(default_factory=dict)
     kind: str = "distance"
+    param_invariances: Callable[[dict], frozenset[str]] | None = None
+
+    def invariances_for(self, params: dict | None = None) -> frozenset[str]:
+        """The invariances at these parameter values (defaults filled in)."""
+        extra = self.param_invariances(self.params | (params or {})) if self.param_invariances else frozenset()
+        return self.invariances | extra
 
 
 def _undefined(what: str) -> float:
@@ -57,7 +69,8 @@ def procrustes(s: PairStats) -> float:
     With X* = X / ||X||_F and Y* likewise, Ding et al.'s squared Procrustes distance is
     d^2 = ||X*||^2 + ||Y*||^2 - 2 ||X*^T Y*||_* = 2 - 2 ||X*^T Y*||_*; this returns d^2 / 2, in
     [0, 1] (the range the paper states; its Eq. 2 is garbled). In statistics:
-    ||X*^T Y*||_* = ||Cxy||_* / sqrt(tr Cxx tr Cyy).
+    ||X*^T Y*||_* = ||Cxy||_* / sqrt(tr Cxx tr Cyy). Not a metric (half a squared distance);
+    sqrt(2 * value) = d is.
     """
     cxx, cyy, cxy = s.centered()
     tx, ty = float(torch.trace(cxx)), float(torch.trace(cyy))
@@ -66,20 +79,36 @@ def procrustes(s: PairStats) -> float:
     return min(max(1.0 - float(nuclear_norm(cxy)) / math.sqrt(tx * ty), 0.0), 1.0)
 
 
-def _partial_whitener(c: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eigenvectors V, eigenvalues lam (numerical zeros set to 0) and whitening weights d of a
-    scatter matrix c, with phi_alpha = V diag(d) V^T and d = alpha + (1 - alpha) / sqrt(lam').
+def _eig_side(s: PairStats, side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eigenvectors V, eigenvalues lam (numerical zeros set to 0), the mask of kept directions and
+    q = diag(V^T C V) of Cxx (side 'x') or Cyy (side 'y'), computed once per statistics object.
 
-    lam' = C * lam / tr(c) has unit mean, so the whitening does not depend on the scale of the
-    activations (netrep whitens with the raw X^T X, whose scale then leaks into the distance for
-    0 < alpha < 1). Numerically-zero directions get d = 0: they hold no variance to whiten.
+    q equals lam in exact arithmetic; measured on the computed V it makes ||phi(X)||_F^2 =
+    sum q d^2 the exact trace of phi(X)^T phi(X) for the whitening actually applied, so that a
+    representation compared with itself gives cos = 1 to rounding. With lam instead, the
+    eigensolver's backward error (eps ||C||) divided by the small eigenvalues leaves ~eps cond(C)
+    in cos, and arccos turns that into sqrt(eps cond(C)): 1e-4 rad at cond(X) = 1e5.
     """
-    lam, v = sym_eigh(c)
-    keep = lam > EIG_TOL * lam[-1].clamp_min(0) * c.shape[0]
-    lam = torch.where(keep, lam, torch.zeros_like(lam))
-    scaled = lam * (c.shape[0] / lam.sum())
-    d = torch.where(keep, alpha + (1.0 - alpha) / scaled.clamp_min(1e-300).sqrt(), torch.zeros_like(lam))
-    return v, lam, d
+    key = f"eig_{side}"
+    if key not in s.cache:
+        c = s.centered()[0 if side == "x" else 1]
+        lam, v = sym_eigh(c)
+        keep = lam > EIG_TOL * lam[-1].clamp_min(0) * c.shape[0]
+        # the same association as the cross term (V^T C) V, so that X against itself rounds alike
+        q = torch.diagonal((v.mT @ c) @ v).clamp_min(0)
+        s.cache[key] = (v, torch.where(keep, lam, torch.zeros_like(lam)), keep, q)
+    return s.cache[key]
+
+
+def _whitening_weights(lam: torch.Tensor, keep: torch.Tensor, alpha: float) -> torch.Tensor:
+    """d = alpha + (1 - alpha) / sqrt(lam') with lam' = C * lam / tr(C..): phi_alpha = V diag(d) V^T.
+
+    lam' has unit mean, so the whitening does not depend on the scale of the activations (netrep
+    whitens with the raw X^T X, whose scale then leaks into the distance for 0 < alpha < 1).
+    Numerically-zero directions get d = 0: they hold no variance to whiten.
+    """
+    scaled = lam * (lam.shape[0] / lam.sum())
+    return torch.where(keep, alpha + (1.0 - alpha) / scaled.clamp_min(1e-300).sqrt(), torch.zeros_like(lam))
 
 
 def pwsm(s: PairStats, alpha: float = 0.0) -> float:
@@ -90,22 +119,29 @@ def pwsm(s: PairStats, alpha: float = 0.0) -> float:
     where phi(X) = X V diag(alpha + (1 - alpha) lam'^-1/2) V^T partially whitens X with the
     eigen-decomposition V diag(lam) V^T of Cxx, lam' = C lam / tr(Cxx) (unit mean eigenvalue).
     alpha = 1 is the angular Procrustes distance arccos(1 - procrustes); alpha = 0 whitens fully
-    and gives arccos of the mean canonical correlation (CCA). It is a metric for every alpha.
-    With alpha = 0 and fewer observations than features, every representation is a rotation of
-    every other: the distance is exactly 0 (a warning says so).
+    and gives arccos of the mean canonical correlation (CCA). It is a metric for every alpha (the
+    angle between phi(X) and the best rotation of phi(Y)). With alpha = 0 and no more centred
+    observations (n - 1) than features, every representation of full rank spans the same space:
+    the distance is exactly 0 (a warning says so).
+
+    Accuracy: the cosine is good to ~eps cond(Cxx) (the statistics hold the data's Gram matrices,
+    whose small eigenvalues carry eps ||C|| of rounding); an angle near 0 carries ~1e-8 (arccos
+    of a cosine known to ~eps); directions with eigenvalues below 1e-12 C lam_max are dropped.
     """
     if not 0.0 <= alpha <= 1.0:
         raise FeatdynError(f"pwsm: alpha must lie in [0, 1], got {alpha}")
     cxx, cyy, cxy = s.centered()
     if float(torch.trace(cxx)) <= 0 or float(torch.trace(cyy)) <= 0:
         return _undefined("pwsm")
-    if alpha < 1.0 and s.n <= max(cxx.shape[0], cyy.shape[0]):
-        warnings.warn(f"pwsm with alpha={alpha}: {s.n} observations for {cxx.shape[0]} features; "
-                      f"whitening makes the distance meaningless (0 at alpha = 0)", DegenerateWarning, stacklevel=2)
-    vx, lx, dx = _partial_whitener(cxx, alpha)
-    vy, ly, dy = _partial_whitener(cyy, alpha)
-    m = dx[:, None] * (vx.mT @ cxy @ vy) * dy[None, :]
-    norm = math.sqrt(float((lx * dx**2).sum()) * float((ly * dy**2).sum()))
+    if alpha == 0.0 and s.n - 1 <= max(cxx.shape[0], cyy.shape[0]):
+        warnings.warn(f"pwsm with alpha=0 (cca): {s.n} observations for {max(cxx.shape[0], cyy.shape[0])} "
+                      f"features; full whitening makes the distance meaningless (exactly 0 at full rank)",
+                      DegenerateWarning, stacklevel=2)
+    vx, lx, kx, qx = _eig_side(s, "x")
+    vy, ly, ky, qy = _eig_side(s, "y")
+    dx, dy = _whitening_weights(lx, kx, alpha), _whitening_weights(ly, ky, alpha)
+    m = dx[:, None] * ((vx.mT @ cxy) @ vy) * dy[None, :]
+    norm = math.sqrt(float((qx * dx**2).sum()) * float((qy * dy**2).sum()))
     cos = float(nuclear_norm(m)) / norm
     return math.acos(min(max(cos, -1.0), 1.0))
 
@@ -131,11 +167,17 @@ def cka(s: PairStats) -> float:
 
 _SIMILARITY = frozenset({"orthogonal", "isotropic_scaling", "translation"})
 
+
+def _pwsm_invariances(params: dict) -> frozenset[str]:
+    """Full whitening (alpha = 0, CCA) removes any invertible linear map; partial whitening does not."""
+    return frozenset({"invertible_linear"}) if params["alpha"] == 0 else frozenset()
+
+
 METRICS: dict[str, MetricInfo] = {
     "procrustes": MetricInfo("procrustes", procrustes, symmetric=True, is_metric=False,
                              invariances=_SIMILARITY, bounds=(0.0, 1.0)),
     "pwsm": MetricInfo("pwsm", pwsm, symmetric=True, is_metric=True, invariances=_SIMILARITY,
-                       bounds=(0.0, math.pi / 2), params={"alpha": 0.0}),
+                       bounds=(0.0, math.pi / 2), params={"alpha": 0.0}, param_invariances=_pwsm_invariances),
     "cka": MetricInfo("cka", cka, symmetric=True, is_metric=False, invariances=_SIMILARITY, bounds=(0.0, 1.0)),
     "cca": MetricInfo("cca", cca, symmetric=True, is_metric=True,
                       invariances=_SIMILARITY | {"invertible_linear"}, bounds=(0.0, math.pi / 2)),
@@ -162,9 +204,26 @@ def from_stats(name: str, stats: PairStats, **params) -> float:
     return info(name).fn(stats, **check_params(name, params))
 
 
-def distance(name: str, x, y, device: torch.device | str = "cpu", **params) -> float:
-    """The distance ``name`` between 2-D representations ``x`` and ``y`` (numpy or torch,
-    rows = observations, columns = features), computed in float64."""
+def _check_2d(x, y) -> None:
     if getattr(x, "ndim", 2) != 2 or getattr(y, "ndim", 2) != 2:
         raise FeatdynError("distance() takes 2-D inputs (rows = observations, columns = features)")
-    return from_stats(name, pair_stats(x, y, device), **params)
+
+
+def distance(name: str, x, y, device: torch.device | str | None = None, **params) -> float:
+    """The distance ``name`` between 2-D representations ``x`` and ``y`` (numpy or torch,
+    rows = observations, columns = features), computed in float64 on ``device`` (default: the
+    inputs' CUDA device, else CUDA when available, else the CPU)."""
+    _check_2d(x, y)
+    return from_stats(name, pair_stats(x, y, resolve_device(device, x)), **params)
+
+
+def distances(x, y, metrics: Mapping[str, Mapping] | Sequence[str] = tuple(METRICS),
+              device: torch.device | str | None = None) -> dict[str, float]:
+    """Several distances between ``x`` and ``y`` from one pass over the data: ``metrics`` maps a
+    label to a block ``{"kind": ..., **params}`` (or lists metric names, with default parameters).
+    The statistics and the eigendecompositions are shared."""
+    _check_2d(x, y)
+    blocks = {m: {"kind": m} for m in metrics} if not isinstance(metrics, Mapping) else metrics
+    stats = pair_stats(x, y, resolve_device(device, x))
+    return {label: from_stats(b["kind"], stats, **{k: v for k, v in b.items() if k != "kind"})
+            for label, b in blocks.items()}

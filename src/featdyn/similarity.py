@@ -6,14 +6,22 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
 from . import FeatdynError
+from .filterwise import FilterAccumulator, FilterScores
 from .metrics import from_stats
+from .progress import Progress
 from .stats import Accumulator, PairStats, SideStats, load_pairs, load_sides, stream_pair
 from .stores import check_pair, open_store
 from .tables import SCORE_COLUMNS
+
+# One row per (layer, class, filter) of one epoch: the class mean of the filter's map distance
+# over the class's valid images, how many images that is, and how many were skipped as dead.
+FILTER_COLUMNS = ["model", "dataset", "metric", "kind", "layer", "layer_index", "epoch", "class", "filter",
+                  "value", "images", "skipped"]
 
 log = logging.getLogger("featdyn.similarity")
 
@@ -46,11 +54,15 @@ def pair_stats_from_stores(source_path: str | os.PathLike, target_path: str | os
     return out
 
 
+def _params(block: Mapping) -> dict:
+    return {k: v for k, v in block.items() if k not in ("kind", "granularity")}
+
+
 def score_layers(source_file: str | os.PathLike, epoch_files: Sequence[str | os.PathLike], epochs: Sequence[int],
                  block: Mapping, *, model: str, dataset: str, metric: str,
                  device: torch.device | str = "cpu") -> pd.DataFrame:
     """Tidy layer-granularity scores of one metric for every analysed epoch."""
-    params = {k: v for k, v in block.items() if k not in ("kind", "granularity")}
+    params = _params(block)
     source = load_sides(source_file, device)
     rows = []
     for epoch, path in zip(epochs, epoch_files):
@@ -58,3 +70,63 @@ def score_layers(source_file: str | os.PathLike, epoch_files: Sequence[str | os.
             value = from_stats(block["kind"], stats, **params)
             rows.append((model, dataset, metric, block["kind"], "layer", layer, i, int(epoch), value))
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+
+
+def filter_table_from_stores(source_path: str | os.PathLike, target_path: str | os.PathLike, block: Mapping, *,
+                             model: str, dataset: str, metric: str,
+                             device: torch.device | str | None = None) -> pd.DataFrame:
+    """Filter-granularity distances of one epoch against the source model (epoch 0), per layer,
+    class and filter (:data:`FILTER_COLUMNS`), streamed chunk by chunk from both stores."""
+    if block.get("granularity") != "filter":
+        raise FeatdynError(f"metrics.{metric}: filter tables need granularity 'filter', got {block.get('granularity')!r}")
+    src, tgt = open_store(source_path, {"epoch": 0}), open_store(target_path)
+    check_pair(src, tgt)
+    if not np.array_equal(src.labels, tgt.labels):
+        raise FeatdynError(f"stores {src.path} and {tgt.path} hold different probe labels")
+    epoch = int(tgt.attrs.get("epoch", -1))
+    frames = []
+    for index, layer in enumerate(src.layers):
+        acc = FilterAccumulator(block["kind"], device=device)
+        chunk = src.array(layer).chunks[0]
+        progress = Progress(log, f"epoch {epoch} {layer}", -(-src.n // chunk))
+        for step, ((start, xb), (_, yb)) in enumerate(zip(src.batches(layer), tgt.batches(layer, chunk)), 1):
+            acc.update(xb, yb, src.labels[start:start + len(xb)])
+            progress.update(step, len(xb))
+        scores = acc.result()
+        skipped, undefined = int(scores.skipped.sum()), scores.undefined_filters()
+        if skipped:
+            log.warning("epoch %d %s: %d (image, filter) map pairs skipped as dead (zero after centring); "
+                        "%d filters dead in every image", epoch, layer, skipped, undefined)
+        k, c = scores.sums.shape
+        frames.append(pd.DataFrame({
+            "model": model, "dataset": dataset, "metric": metric, "kind": block["kind"], "layer": layer,
+            "layer_index": index, "epoch": epoch, "class": np.repeat(scores.classes, c),
+            "filter": np.tile(np.arange(c), k), "value": scores.class_means().reshape(-1),
+            "images": scores.counts.reshape(-1), "skipped": scores.skipped.reshape(-1)}))
+    return pd.concat(frames, ignore_index=True)[FILTER_COLUMNS]
+
+
+def filter_scores_of_table(table: pd.DataFrame) -> dict[tuple[str, int], FilterScores]:
+    """Rebuild the per-layer :class:`FilterScores` of each (layer, epoch) from a filter table."""
+    out = {}
+    for (layer, epoch), g in table.groupby(["layer", "epoch"], sort=False):
+        counts = g.pivot(index="class", columns="filter", values="images")
+        skipped = g.pivot(index="class", columns="filter", values="skipped")
+        means = g.pivot(index="class", columns="filter", values="value").fillna(0.0)
+        out[(layer, int(epoch))] = FilterScores(counts.index.to_numpy(), (means * counts).to_numpy(float),
+                                                counts.to_numpy(np.int64), skipped.to_numpy(np.int64))
+    return out
+
+
+def score_filters(table_files: Sequence[str | os.PathLike], block: Mapping, *, model: str, dataset: str,
+                  metric: str) -> pd.DataFrame:
+    """Tidy scores of a filter-granularity metric: per (layer, epoch) the mean over filters of the
+    class-averaged per-filter distances (the paper's mean of S_l)."""
+    rows = []
+    for path in table_files:
+        table = pd.read_csv(path)
+        order = table.drop_duplicates("layer").set_index("layer")["layer_index"]
+        for (layer, epoch), scores in filter_scores_of_table(table).items():
+            rows.append((model, dataset, metric, block["kind"], "filter", layer, int(order[layer]), epoch,
+                         scores.layer_value()))
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS).sort_values(["epoch", "layer_index"], ignore_index=True)

@@ -5,21 +5,21 @@
   epoch, then its mean and standard deviation (sample, ddof=1) over epochs 1..T. The paper gives no
   code for it; this is the reading of its Sec. 3.2 that we implement. Epoch 0 is the source model
   itself (distance 0) and is excluded.
-- Metric agreement: the Pearson correlation of two metrics across layers and epochs.
+- Metric agreement: the Pearson correlation of two metrics, in two readings (featdyn.correlation).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 
 from . import FeatdynError
 from .atomic import atomic_path
+from .correlation import metric_correlation  # noqa: F401  (re-exported: the tables' third part)
 
 SCORE_COLUMNS = ["model", "dataset", "metric", "kind", "granularity", "layer", "layer_index", "epoch", "value"]
 
@@ -70,23 +70,6 @@ def table2_layout(t2: pd.DataFrame, metric: str) -> pd.DataFrame:
     cell = sub.assign(cell=[f"{m:.3f} ± {s:.3f}" if np.isfinite(s) else f"{m:.3f}"
                             for m, s in zip(sub["mean"], sub["std"])])
     return cell.pivot(index="model", columns="dataset", values="cell").rename_axis(None, axis=1)
-
-
-def metric_correlation(scores: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """Pearson r between every pair of metrics across (layer, epoch >= 1), per (model, dataset)
-    and over all of them ('all')."""
-    sc = scores[scores["epoch"] >= 1]
-    wide = sc.pivot_table(index=["model", "dataset", "layer", "epoch"], columns="metric", values="value")
-    metrics = list(metrics or wide.columns)
-    rows = []
-    groups = [("all", "all", wide)] + [(m, d, g) for (m, d), g in wide.groupby(level=["model", "dataset"])]
-    for model, dataset, g in groups:
-        for a, b in itertools.combinations(metrics, 2):
-            pair = g[[a, b]].dropna()
-            r = pair[a].corr(pair[b]) if len(pair) >= 3 else np.nan
-            rows.append({"reading": "layers_epochs", "model": model, "dataset": dataset,
-                         "metric_a": a, "metric_b": b, "r": r, "n": len(pair)})
-    return pd.DataFrame(rows)
 
 
 def to_markdown(df: pd.DataFrame, title: str) -> str:

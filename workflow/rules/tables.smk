@@ -36,9 +36,16 @@ rule table2:
         "../scripts/table2.py"
 
 
+# Reading (b) of the correlation (across filters) needs the per-filter tables of two filter metrics.
+FILTER_TABLES = [
+    filter_table(s, m, d, e) for s in FILTER_METRICS for m, d in RUNS for e in analysed_epochs(m, d)
+] if len(FILTER_METRICS) >= 2 else []
+
+
 rule metric_correlation:
     input:
-        ALL_SCORES,
+        scores=ALL_SCORES,
+        filters=FILTER_TABLES,
     output:
         report("results/tables/metric_correlation.csv", caption="../report/correlation.rst", category="Tables"),
     log:

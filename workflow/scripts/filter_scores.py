@@ -1,0 +1,12 @@
+from featdyn.progress import job_setup
+from featdyn.similarity import filter_table_from_stores
+from featdyn.tables import write_csv
+from featdyn.training import pick_device
+
+log = job_setup(snakemake.log[0], snakemake.threads, name="filter_scores")
+w = snakemake.wildcards
+df = filter_table_from_stores(snakemake.input.source_store, snakemake.input.store, snakemake.params.metric,
+                              model=w.model, dataset=w.dataset, metric=w.metric,
+                              device=pick_device(snakemake.params.device))
+write_csv(df, snakemake.output[0])
+log.info("%s for %s x %s epoch %s: %d (layer, class, filter) rows", w.metric, w.model, w.dataset, w.epoch, len(df))
