@@ -141,3 +141,17 @@ def test_head_is_the_last_layer_of_any_torchvision_classifier():
     assert {arch: head_path(construct(arch, meta=True)) for arch in expected} == expected
     squeeze = build_model("squeezenet1_0", 5)  # a 1x1 convolution as the head
     assert squeeze(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+
+
+def test_config_check_names_a_bad_width():
+    from featdyn.config import check
+
+    def cfg(**model):
+        return {"models": {"m": {"arch": "resnet50", "layers": "preset"} | model},
+                "datasets": {"d": {"demo": "digits"}}, "metrics": {"p": {"kind": "procrustes"}}}
+
+    check(cfg(width=0.25, weights=None))
+    with pytest.raises(FeatdynError, match=r"models.m.width: torchvision's IMAGENET1K_V1 weights exist for width 1"):
+        check(cfg(width=0.25))
+    with pytest.raises(FeatdynError, match=r"models.m.width: .*'alexnet'"):
+        check(cfg(arch="alexnet", width=0.5, weights=None, layers=["features.1"]))

@@ -3,6 +3,8 @@ one uninterrupted loop bit for bit, checkpoints from another run are refused, th
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -28,6 +30,12 @@ def cache(tmp_path_factory) -> ImageCache:
     return ImageCache(tmp / "prepared")
 
 
+def scramble_global_rngs(salt: int) -> None:
+    torch.manual_seed(1000 + salt)
+    np.random.seed(2000 + salt)
+    random.seed(3000 + salt)
+
+
 def chain(tmp, arch, width, cache, cfg, upto):
     """Epoch jobs 0..upto, each from the previous one's checkpoint file, as the workflow runs them."""
     weights = tmp / f"{arch}.pt"
@@ -35,6 +43,7 @@ def chain(tmp, arch, width, cache, cfg, upto):
         fetch_weights(arch, None, weights, seed=0, width=width)
     rows, previous = [], None
     for epoch in range(upto + 1):
+        scramble_global_rngs(epoch)  # each job is a fresh process: nothing may carry over but the checkpoint
         out = tmp / f"{arch}_epoch_{epoch}.pt"
         rows.append(run_epoch(epoch, arch, cache, cfg, out, weights_file=weights, previous=previous,
                               device=CPU, width=width))

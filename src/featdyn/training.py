@@ -352,6 +352,24 @@ def _epoch(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None
     return row
 
 
+def resume(previous: str | os.PathLike, epoch: int, arch: str, num_classes: int, cfg: TrainConfig,
+           device: torch.device, width: float = 1.0) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Model and optimizer of checkpoint ``previous`` (epoch ``epoch - 1``) on ``device``, with every
+    RNG state restored: where epoch ``epoch`` starts."""
+    ckpt = load_checkpoint(previous, arch, num_classes, width)
+    if ckpt["epoch"] != epoch - 1:
+        raise FeatdynError(f"checkpoint {previous} is epoch {ckpt['epoch']}, expected {epoch - 1}")
+    if ckpt["seed"] != cfg.seed:
+        raise FeatdynError(f"checkpoint {previous} was trained with seed {ckpt['seed']}, the config says "
+                           f"{cfg.seed}: the data order would change mid-run; rerun from epoch 0")
+    model = _place(model_from_checkpoint(ckpt), device, cfg)
+    optimizer = make_optimizer(model, cfg, device)
+    if ckpt["optimizer"] is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    _set_rng_state(ckpt["rng"])
+    return model, optimizer
+
+
 def run_epoch(epoch: int, arch: str, cache: ImageCache, cfg: TrainConfig, out: str | os.PathLike,
               *, weights_file: str | os.PathLike | None = None, previous: str | os.PathLike | None = None,
               device: torch.device | None = None, width: float = 1.0, threads: int | None = None) -> dict[str, float]:
@@ -369,18 +387,7 @@ def run_epoch(epoch: int, arch: str, cache: ImageCache, cfg: TrainConfig, out: s
     else:
         if previous is None:
             raise FeatdynError(f"epoch {epoch} needs the checkpoint of epoch {epoch - 1}")
-        ckpt = load_checkpoint(previous, arch, cache.num_classes, width)
-        if ckpt["epoch"] != epoch - 1:
-            raise FeatdynError(f"checkpoint {previous} is epoch {ckpt['epoch']}, expected {epoch - 1}")
-        if ckpt["seed"] != cfg.seed:
-            raise FeatdynError(f"checkpoint {previous} was trained with seed {ckpt['seed']}, the config says "
-                               f"{cfg.seed}: the data order would change mid-run; rerun from epoch 0")
-        model = _place(model_from_checkpoint(ckpt), device, cfg)
-        optimizer = make_optimizer(model, cfg, device)
-        if ckpt["optimizer"] is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt["rng"])
-        del ckpt
+        model, optimizer = resume(previous, epoch, arch, cache.num_classes, cfg, device, width)
     setup_s = time.perf_counter() - t0
     row = _epoch(epoch, model, optimizer, norm, cache, cfg, device, workers)
     t1 = time.perf_counter()
