@@ -40,8 +40,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from featdyn.models import build_model  # noqa: E402
-from featdyn.training import (Normalizer, TrainConfig, _flag, _logits, _place, iterate_batches,  # noqa: E402
-                              loader_workers, make_optimizer, pick_device, resume, save_checkpoint, train_one_epoch)
+from featdyn.training import (Normalizer, TrainConfig, _flag, _logits, _place, configure_backends,  # noqa: E402
+                              iterate_batches, loader_workers, make_optimizer, pick_device, resume, save_checkpoint, train_one_epoch)
 
 
 class ArrayCache:
@@ -109,6 +109,7 @@ def setup_child(args) -> None:
     cfg = TrainConfig(**json.loads(args.cfg))
     device = pick_device(args.device)
     torch.set_num_threads(args.threads)
+    configure_backends(device)
     if device.type == "cuda":
         torch.zeros(1, device=device)  # the CUDA context, part of every GPU job's start
     stamps["imports"] = time.time()
@@ -215,8 +216,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    configure_backends(device)
     out = Path(args.out) if args.out else None
     results = []
     with tempfile.TemporaryDirectory(dir=out) as tmp:

@@ -155,3 +155,11 @@ def test_config_check_names_a_bad_width():
         check(cfg(width=0.25))
     with pytest.raises(FeatdynError, match=r"models.m.width: .*'alexnet'"):
         check(cfg(arch="alexnet", width=0.5, weights=None, layers=["features.1"]))
+
+
+def test_a_failed_download_is_named(private_torch_home, monkeypatch):
+    def offline(url, dst, *args, **kwargs):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(FeatdynError, match=r"cannot fetch weights densenet121.IMAGENET1K_V1 from https://.*unreachable"):
+        load_pretrained_state("densenet121", "IMAGENET1K_V1")

@@ -247,7 +247,11 @@ def load_pretrained_state(arch: str, weights: str | None, seed: int = 0,
         verify_cached_file(path)
         return enum.get_state_dict(progress=False, check_hash=False)
     log.info("downloading %s.%s from %s", arch, enum.name, enum.url)
-    state = enum.get_state_dict(progress=False, check_hash=True)
+    try:
+        state = enum.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError) as exc:  # no network, HTTP errors, torch.hub's own hash check
+        raise FeatdynError(f"cannot fetch weights {arch}.{enum.name} from {enum.url} into {path}: {exc} (without "
+                           f"internet, run the fetch_weights rule where there is, or put the file there)") from exc
     verify_cached_file(path)
     return state
 

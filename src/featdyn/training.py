@@ -317,10 +317,16 @@ def _place(model: nn.Module, device: torch.device, cfg: TrainConfig) -> nn.Modul
     return model.to(memory_format=torch.channels_last) if _flag(cfg.channels_last, device) else model
 
 
+def configure_backends(device: torch.device) -> None:
+    """Process-wide speed settings: on CUDA, inputs have fixed sizes, so let cuDNN time and pick
+    the fastest convolution kernels once."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def _setup(device: torch.device | None, cfg: TrainConfig) -> tuple[torch.device, Normalizer]:
     device = device or pick_device()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    configure_backends(device)
     return device, Normalizer(cfg.mean, cfg.std, _flag(cfg.channels_last, device)).to(device)
 
 
