@@ -15,7 +15,7 @@ sys.path.insert(0, FEATDYN_SRC)
 
 # The demo config, unless config files are given with --configfile: those replace it rather than
 # being merged into it (the demo's models and datasets would otherwise join every other run).
-if not workflow.overwrite_configfiles:
+if not getattr(workflow, "overwrite_configfiles", None):
 
     configfile: "config/config.yaml"
 

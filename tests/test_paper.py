@@ -89,6 +89,8 @@ def dry_run(workdir: Path, *configfiles: Path) -> str:
 @pytest.mark.workflow
 def test_paper_grid_dry_run_lists_every_epoch_checkpoint(tmp_path):
     tiny_trees(tmp_path, PAPER)  # the preset's own paths, filled with tiny generated trees
+    (tmp_path / "config").mkdir()  # as in the repository: the demo config sits where Snakefile looks
+    (tmp_path / "config" / "config.yaml").write_text((REPO / "config" / "config.yaml").read_text())
     out = dry_run(tmp_path, REPO / "config" / "paper.yaml")
     checkpoints = set(re.findall(r"results/checkpoints/([\w-]+)/([\w-]+)/epoch_(\d+)\.pt", out))
     expected = {(m, d, str(e)) for m in PAPER["models"] for d in PAPER["datasets"] for e in range(16)}
