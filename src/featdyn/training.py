@@ -297,8 +297,11 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, num_classe
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         raise FeatdynError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or "format" not in ckpt:
         raise FeatdynError(f"{path} is not a featdyn checkpoint (format {CHECKPOINT_FORMAT})")
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise FeatdynError(f"checkpoint {path} has format {ckpt['format']}, this featdyn reads format "
+                           f"{CHECKPOINT_FORMAT}: delete it (and the later epochs) to recompute them")
     if arch is not None and ckpt["arch"] != arch:
         raise FeatdynError(f"checkpoint {path} is of model {ckpt['arch']!r}, expected {arch!r}")
     if width is not None and ckpt.get("width", 1.0) != width:
