@@ -13,7 +13,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (FEATDYN_SRC, os.environ.g
 sys.path.insert(0, FEATDYN_SRC)
 
 
-configfile: "config/config.yaml"
+# The demo config, unless config files are given with --configfile: those replace it rather than
+# being merged into it (the demo's models and datasets would otherwise join every other run).
+if not getattr(workflow, "overwrite_configfiles", None):
+
+    configfile: "config/config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

@@ -39,13 +39,22 @@ def analysed_epochs(config: dict, model: str, dataset: str) -> list[int]:
 
 
 def dataset_kind(name: str, spec: dict) -> str:
-    """'demo', 'tree' (one folder, split here), 'pair' (train/test folders) or 'url'."""
+    """'demo', 'tree' (one folder, split here), 'pair' (train/test folders) or 'url' (an archive,
+    downloaded and unpacked; ``path`` or ``train`` + ``test`` then name folders inside it)."""
     given = [k for k in SOURCE_KEYS if k in spec]
     if "url" in spec:
         if "sha256" not in spec:
             raise FeatdynError(f"datasets.{name}: a url needs its sha256 (datasets.{name}.sha256)")
         if "demo" in spec:
             raise FeatdynError(f"datasets.{name}: give either url or demo, not both")
+        inside = sorted(k for k in given if k != "url")
+        if inside not in ([], ["path"], ["test", "train"]):
+            raise FeatdynError(f"datasets.{name}: with a url, give nothing, `path`, or `train` + `test` "
+                               f"(folders inside the unpacked archive); got {inside}")
+        for key in inside:
+            if Path(spec[key]).is_absolute() or ".." in Path(spec[key]).parts:
+                raise FeatdynError(f"datasets.{name}.{key}: with a url, {spec[key]!r} must be a path "
+                                   f"inside the unpacked archive (relative, without '..')")
         return "url"
     if given == ["demo"]:
         return "demo"
@@ -55,6 +64,23 @@ def dataset_kind(name: str, spec: dict) -> str:
         return "pair"
     raise FeatdynError(f"datasets.{name}: expected exactly one of `demo`, `path`, `train` + `test`, or `url` "
                        f"(+ `sha256`); got {given or 'none'}")
+
+
+def dataset_roots(name: str, spec: dict, data_dir: str) -> dict[str, str]:
+    """The folders the prepare step reads: ``{'root': ...}`` or ``{'train': ..., 'test': ...}``.
+
+    ``data_dir`` is the dataset's results folder: demo trees are materialised in ``<data_dir>/images``
+    and url archives unpacked in ``<data_dir>/raw``.
+    """
+    kind = dataset_kind(name, spec)
+    if kind == "demo":
+        return {"root": f"{data_dir}/images"}
+    base = f"{data_dir}/raw/" if kind == "url" else ""
+    if "train" in spec:
+        return {"train": base + spec["train"], "test": base + spec["test"]}
+    if "path" in spec:
+        return {"root": base + spec["path"]}
+    return {"root": f"{data_dir}/raw"}
 
 
 def layers_of(config: dict, model: str) -> list[str]:
@@ -83,9 +109,9 @@ def metric_params(config: dict, metric: str) -> dict:
 
 def check(config: dict, base: str | Path = ".") -> None:
     """Raise FeatdynError naming every problem found in ``config`` (paths relative to ``base``)."""
-    from .datasets import scan_tree
+    from .datasets import check_tree
     from .layers import PRESETS
-    from .models import check_arch, is_weights_file, resolve_weights
+    from .models import check_arch, check_width, is_weights_file, resolve_weights
 
     problems: list[str] = []
 
@@ -102,6 +128,14 @@ def check(config: dict, base: str | Path = ".") -> None:
             except FeatdynError as exc:
                 raise FeatdynError(f"models.{name}.arch: {exc}") from None
             weights = spec.get("weights", "IMAGENET1K_V1")
+            width = spec.get("width", 1.0)
+            try:
+                check_width(spec["arch"], width)
+            except FeatdynError as exc:
+                raise FeatdynError(f"models.{name}.width: {exc}") from None
+            if width != 1 and weights is not None and not is_weights_file(weights):
+                raise FeatdynError(f"models.{name}.width: torchvision's {weights} weights exist for width 1 "
+                                   f"only; use weights: null (random initialisation) or a file")
             if weights is not None and is_weights_file(weights):
                 if not (Path(base) / weights).is_file():
                     raise FeatdynError(f"models.{name}.weights: file {weights} does not exist")
@@ -118,11 +152,9 @@ def check(config: dict, base: str | Path = ".") -> None:
     for name, spec in config["datasets"].items():
         def dataset_checks(name=name, spec=spec) -> None:
             kind = dataset_kind(name, spec)
-            if kind == "tree":
-                scan_tree(Path(base) / spec["path"], f"datasets.{name}.path")
-            elif kind == "pair":
-                scan_tree(Path(base) / spec["train"], f"datasets.{name}.train")
-                scan_tree(Path(base) / spec["test"], f"datasets.{name}.test")
+            # url datasets are checked once unpacked (by the prepare step)
+            for key in {"tree": ["path"], "pair": ["train", "test"]}.get(kind, []):
+                attempt(check_tree, Path(base) / spec[key], f"datasets.{name}.{key}")
         attempt(dataset_checks)
 
     for metric in config["metrics"]:

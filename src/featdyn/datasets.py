@@ -14,8 +14,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,8 @@ from PIL import Image, UnidentifiedImageError
 
 from . import FeatdynError
 from .atomic import atomic_path, write_text
+from .download import file_sha256  # noqa: F401 - re-exported (extraction hashes checkpoints with it)
+from .prefetch import ordered_map
 from .progress import Progress
 
 log = logging.getLogger("featdyn.datasets")
@@ -33,27 +35,53 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", "
 MANIFEST_COLUMNS = ["index", "path", "label", "class", "split", "probe"]
 
 
+def _class_folders(root: Path, what: str) -> list[Path]:
+    if not root.is_dir():
+        raise FeatdynError(f"{what}: folder {root} does not exist (expected a class-per-folder image tree)")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise FeatdynError(f"{what}: folder {root} has no class sub-folders (expected <root>/<class>/<image>)")
+    return classes
+
+
+def _images_in(folder: Path) -> Iterator[Path]:
+    """Image files under ``folder`` (any depth), hidden files and folders skipped, unordered."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for f in filenames:
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                yield Path(dirpath) / f
+
+
+def _no_images(cdir: Path, what: str) -> FeatdynError:
+    return FeatdynError(f"{what}: class folder {cdir} holds no images "
+                        f"(expected files ending in {', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+
 def scan_tree(root: str | os.PathLike, what: str = "dataset") -> dict[str, list[Path]]:
     """Return ``{class name: sorted image paths}`` for a class-per-folder tree.
 
     Raises FeatdynError naming the path when the root is missing, has no class folders, or a
     class folder holds no image files.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FeatdynError(f"{what}: folder {root} does not exist (expected a class-per-folder image tree)")
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise FeatdynError(f"{what}: folder {root} has no class sub-folders (expected <root>/<class>/<image>)")
     tree: dict[str, list[Path]] = {}
-    for cdir in classes:
-        files = sorted(p for p in cdir.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    for cdir in _class_folders(Path(root), what):
+        files = sorted(_images_in(cdir))
         if not files:
-            raise FeatdynError(f"{what}: class folder {cdir} holds no images "
-                               f"(expected files ending in {', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise _no_images(cdir, what)
         tree[cdir.name] = files
     return tree
+
+
+def check_tree(root: str | os.PathLike, what: str = "dataset") -> list[str]:
+    """The class names of a tree, with the checks of :func:`scan_tree` but without listing every
+    image (it stops at each class's first image): cheap enough to run at every workflow start,
+    even for 100,000 images on a network file system."""
+    classes = _class_folders(Path(root), what)
+    for cdir in classes:
+        if next(_images_in(cdir), None) is None:
+            raise _no_images(cdir, what)
+    return [c.name for c in classes]
 
 
 def choose_classes(classes: Sequence[str], n: int | None, seed: int) -> list[str]:
@@ -79,6 +107,12 @@ class SplitSpec:
     class_seed: int = 0
 
 
+def class_rng(seed: int, cls: str) -> np.random.Generator:
+    """A generator for one class, keyed by (seed, class name): a class's split and probe do not
+    depend on which other classes the dataset holds or draws."""
+    return np.random.default_rng([seed, zlib.crc32(cls.encode())])
+
+
 def build_manifest(tree: dict[str, list[Path]], spec: SplitSpec,
                    test_tree: dict[str, list[Path]] | None = None) -> pd.DataFrame:
     """Manifest of every image: its split, integer label and probe flag.
@@ -93,38 +127,47 @@ def build_manifest(tree: dict[str, list[Path]], spec: SplitSpec,
     if test_tree is None:
         if not 0.0 < spec.test_fraction < 1.0:
             raise FeatdynError(f"split.test_fraction must lie strictly between 0 and 1, got {spec.test_fraction}")
-        rng = np.random.default_rng(spec.split_seed)
         for cls in classes:
             files = tree[cls]
             if len(files) < 2:
                 raise FeatdynError(f"class {cls!r} has {len(files)} image(s) ({files[0].parent}); "
                                    f"a split needs at least 2")
             n_test = min(max(1, round(len(files) * spec.test_fraction)), len(files) - 1)
-            perm = rng.permutation(len(files))
-            test_idx = set(perm[:n_test].tolist())
+            test_idx = set(class_rng(spec.split_seed, cls).permutation(len(files))[:n_test].tolist())
             rows += [(str(f), cls, "test" if i in test_idx else "train") for i, f in enumerate(files)]
     else:
         missing_test = [c for c in classes if c not in test_tree]
         if missing_test:
-            raise FeatdynError(f"classes present in the training tree but not in the test tree: {missing_test}")
+            raise FeatdynError(f"classes present in the training tree but not in the test tree "
+                               f"{_root_of(test_tree)}: {missing_test}")
         extra = sorted(set(test_tree) - set(tree))
         if extra and spec.n_classes is None:
-            raise FeatdynError(f"classes present in the test tree but not in the training tree: {extra}")
+            raise FeatdynError(f"classes present in the test tree but not in the training tree "
+                               f"{_root_of(tree)}: {extra}")
         for cls in classes:
             rows += [(str(f), cls, "train") for f in tree[cls]]
             rows += [(str(f), cls, "test") for f in test_tree[cls]]
     df = pd.DataFrame(rows, columns=["path", "class", "split"])
     df["label"] = df["class"].map({c: i for i, c in enumerate(classes)}).astype(int)
     df["probe"] = False
-    rng = np.random.default_rng(spec.probe_seed)
     for cls in classes:
         test_rows = df.index[(df["class"] == cls) & (df["split"] == "test")].to_numpy()
         if len(test_rows) < spec.probe_per_class:
             raise FeatdynError(f"class {cls!r} has {len(test_rows)} test images, fewer than "
                                f"probe.per_class={spec.probe_per_class}")
-        df.loc[np.sort(rng.choice(test_rows, spec.probe_per_class, replace=False)), "probe"] = True
+        chosen = class_rng(spec.probe_seed, cls).choice(test_rows, spec.probe_per_class, replace=False)
+        df.loc[np.sort(chosen), "probe"] = True
     df.insert(0, "index", np.arange(len(df)))
     return df[MANIFEST_COLUMNS]
+
+
+def _root_of(tree: dict[str, list[Path]]) -> Path:
+    """The folder that holds a scanned tree's class folders."""
+    cls, files = next(iter(tree.items()))
+    path = files[0].parent
+    while path.name != cls:
+        path = path.parent
+    return path.parent
 
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
@@ -141,26 +184,18 @@ def build_cache(paths: Sequence[str], size: int, out: str | os.PathLike, threads
     """Decode and resize every image once into a uint8 ``.npy`` of shape (N, size, size, 3).
 
     Filled through a memory map (memory does not grow with N) under a temporary name, renamed when
-    complete. Decoding runs on ``threads`` threads (PIL releases the GIL while decoding).
+    complete. Decoding runs on ``threads`` threads (PIL releases the GIL while decoding), a bounded
+    number of images ahead; the first unreadable image stops it with the image's name.
     """
     progress = Progress(log, "decode", len(paths), every_s=10.0)
     with atomic_path(out, suffix=".npy") as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            for i, img in enumerate(pool.map(lambda p: load_image(p, size), paths)):
-                arr[i] = img
-                progress.update(i + 1, 1)
+        decoded = ordered_map(lambda p: load_image(p, size), paths, workers=threads, ahead=4 * max(1, threads))
+        for i, img in enumerate(decoded):
+            arr[i] = img
+            progress.update(i + 1, 1)
         arr.flush()
         del arr
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -41,11 +41,17 @@ def read_epoch_rows(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return pd.DataFrame(rows)[cols].sort_values(["model", "dataset", "epoch"]).reset_index(drop=True)
 
 
-def table1(rows: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 in the paper's layout: models x datasets, 'train / test' accuracy of the last epoch."""
+def table1(rows: pd.DataFrame, models: Sequence[str] | None = None,
+           datasets: Sequence[str] | None = None) -> pd.DataFrame:
+    """Table 1 in the paper's layout: models x datasets, 'train / test' accuracy of the last epoch.
+
+    ``models`` and ``datasets`` give the row and column order (the config's order; the paper lists
+    VGG19, DenseNet121, ResNet50 x 15-Scene, AwA2, Fruits); by default they are sorted.
+    """
     last = rows.loc[rows.groupby(["model", "dataset"])["epoch"].idxmax()]
     cell = last.assign(cell=[f"{a:.2f} / {b:.2f}" for a, b in zip(last["train_acc"], last["test_acc"])])
-    return cell.pivot(index="model", columns="dataset", values="cell").rename_axis(None, axis=1)
+    table = cell.pivot(index="model", columns="dataset", values="cell").rename_axis(None, axis=1)
+    return table.reindex(index=models or table.index, columns=datasets or table.columns)
 
 
 def layer_average(scores: pd.DataFrame) -> pd.DataFrame:

@@ -4,7 +4,13 @@ Epoch 0 is the source model (pretrained backbone + new head), evaluated but not 
 loads epoch e-1's checkpoint (weights, optimizer state, RNG states), trains one pass over the
 training split in an order drawn from (seed, e), evaluates, and saves epoch e. Because the data
 order depends only on (seed, e) and every RNG state travels in the checkpoint, a chain of epoch
-jobs gives the same weights as one uninterrupted loop.
+jobs gives the same weights as one uninterrupted loop (:func:`fine_tune`).
+
+Speed: images come from the uint8 cache (decoded once), are gathered by background threads a few
+batches ahead (into pinned memory on CUDA, copied on a side stream so that the copy overlaps the
+previous step), and are normalised on the device. On CUDA: bf16 autocast, channels-last, cuDNN
+autotuning and fused Adam; losses and accuracies are summed on the device, so a step never waits
+for the GPU except when a progress line is due.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,15 +30,18 @@ from torch import nn
 
 from . import FeatdynError
 from .atomic import atomic_path
-from .datasets import ImageCache
 from .models import build_model, build_source_model
+from .prefetch import ordered_map
 from .progress import Progress
+
+if TYPE_CHECKING:  # datasets needs pandas; the training loop itself does not
+    from .datasets import ImageCache
 
 log = logging.getLogger("featdyn.training")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 @dataclass
@@ -64,12 +75,21 @@ class TrainConfig:
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise FeatdynError(f"device: {requested!r} requested but torch sees no CUDA GPU here "
+                           f"(use 'auto' or 'cpu')")
     return torch.device(requested)
 
 
 def _flag(value: bool | str, device: torch.device) -> bool:
     """Resolve an on/off/'auto' switch: 'auto' means on for CUDA, off on CPU."""
     return device.type == "cuda" if value == "auto" else bool(value)
+
+
+def loader_workers(threads: int, device: torch.device) -> int:
+    """Background threads that gather batches, from the job's ``threads``: on CUDA the main thread
+    only launches kernels, so the others gather (4 are plenty); on a CPU the cores compute."""
+    return max(1, min(4, threads - 1)) if device.type == "cuda" else 1
 
 
 class Normalizer(nn.Module):
@@ -87,21 +107,65 @@ class Normalizer(nn.Module):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
 
-def iterate_batches(cache: ImageCache, rows: np.ndarray, batch_size: int,
-                    device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (uint8 NHWC images, int64 labels) on ``device`` for ``rows`` in the given order."""
-    pin = device.type == "cuda"
-    for start in range(0, len(rows), batch_size):
-        idx = rows[start:start + batch_size]
-        # Sorted reads from the memory map are faster; the batch order is restored afterwards.
-        order = np.argsort(idx, kind="stable")
-        images = np.empty((len(idx),) + cache.images.shape[1:], dtype=np.uint8)
-        images[order] = cache.images[idx[order]]
-        x = torch.from_numpy(images)
-        y = torch.from_numpy(cache.labels[idx])
-        if pin:
-            x, y = x.pin_memory(), y.pin_memory()
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+def _gather(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy rows ``idx`` of the memory-mapped cache into one (pinned) host batch.
+
+    Rows are read in sorted order (sequential reads from the file), each written straight to its
+    place in the batch: no intermediate copy.
+    """
+    x = torch.empty((len(idx),) + images.shape[1:], dtype=torch.uint8, pin_memory=pin)
+    xn = x.numpy()
+    for j in np.argsort(idx, kind="stable"):
+        xn[j] = images[idx[j]]
+    y = torch.from_numpy(labels[idx].astype(np.int64))
+    return x, (y.pin_memory() if pin else y)
+
+
+def iterate_batches(cache: ImageCache, rows: np.ndarray, batch_size: int, device: torch.device, *,
+                    workers: int = 1, ahead: int = 3) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (uint8 NHWC images, int64 labels) on ``device`` for ``rows`` in the given order.
+
+    ``workers`` threads gather up to ``ahead`` batches in advance. On CUDA the host batches are
+    pinned and copied on a side stream one batch ahead, so that the copy runs while the GPU still
+    computes the previous step.
+    """
+    cuda = device.type == "cuda"
+    starts = range(0, len(rows), batch_size)
+    host = ordered_map(lambda s: _gather(cache.images, cache.labels, rows[s:s + batch_size], cuda),
+                       starts, workers=workers, ahead=ahead)
+    if not cuda:
+        yield from host
+        return
+    stream = torch.cuda.Stream(device)
+
+    def upload(batch):
+        with torch.cuda.stream(stream):
+            xd, yd = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(stream)
+        return xd, yd, done
+
+    pending = None
+    try:
+        for batch in host:
+            nxt = upload(batch)
+            if pending is not None:
+                yield _ready(*pending)
+            pending = nxt
+        if pending is not None:
+            yield _ready(*pending)
+    finally:
+        host.close()
+
+
+def _ready(x: torch.Tensor, y: torch.Tensor, done) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make the compute stream wait for a side-stream copy, and tell the allocator that the
+    tensors are now used there (their memory must not be reused before the compute is done)."""
+    current = torch.cuda.current_stream(x.device)
+    current.wait_event(done)
+    x.record_stream(current)
+    y.record_stream(current)
+    return x, y
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -109,32 +173,47 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """Adam or SGD over every parameter (full fine-tuning); fused Adam kernels on CUDA."""
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        fused = device is not None and device.type == "cuda"
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                **({"fused": True} if fused else {}))
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise FeatdynError(f"training.optimizer: unknown optimizer {cfg.optimizer!r}; expected 'adam' or 'sgd'")
 
 
+def _logits(out) -> torch.Tensor:
+    """The main logits of a forward pass (Inception/GoogLeNet return auxiliary outputs in training)."""
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def _due(progress: Progress, step: int) -> bool:
+    """Whether ``progress`` will print at ``step``: only then are device sums read back."""
+    return step == progress.total or time.perf_counter() - progress.last >= progress.every_s
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, norm: Normalizer, cache: ImageCache, split: str, cfg: TrainConfig,
-             device: torch.device) -> tuple[float, float]:
+             device: torch.device, workers: int = 1) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (%) of ``model`` on ``split``, in eval mode."""
     model.eval()
     rows = cache.indices(split)
-    loss_sum, correct = 0.0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     use_bf16 = _flag(cfg.bf16, device)
-    for x, y in iterate_batches(cache, rows, cfg.eval_batch_size, device):
+    for x, y in iterate_batches(cache, rows, cfg.eval_batch_size, device, workers=workers):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(norm(x))
-        loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-    return loss_sum / max(len(rows), 1), 100.0 * correct / max(len(rows), 1)
+            logits = _logits(model(norm(x)))
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+    n = max(len(rows), 1)
+    return float(loss_sum) / n, 100.0 * int(correct) / n
 
 
 def train_one_epoch(model: nn.Module, norm: Normalizer, optimizer: torch.optim.Optimizer, cache: ImageCache,
-                    cfg: TrainConfig, epoch: int, device: torch.device) -> dict[str, float]:
+                    cfg: TrainConfig, epoch: int, device: torch.device, workers: int = 1) -> dict[str, float]:
     """One pass over the training split; returns the running train loss, accuracy and images/s."""
     model.train()
     rows = cache.indices("train")
@@ -142,26 +221,39 @@ def train_one_epoch(model: nn.Module, norm: Normalizer, optimizer: torch.optim.O
     n_batches = math.ceil(len(rows) / cfg.batch_size)
     progress = Progress(log, f"epoch {epoch} batch", n_batches)
     use_bf16 = _flag(cfg.bf16, device)
-    loss_sum, correct, seen = 0.0, 0, 0
-    for step, (x, y) in enumerate(iterate_batches(cache, rows, cfg.batch_size, device), start=1):
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = pending = 0
+    for step, (x, y) in enumerate(iterate_batches(cache, rows, cfg.batch_size, device, workers=workers), start=1):
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(norm(x))
+            logits = _logits(model(norm(x)))
             loss = nn.functional.cross_entropy(logits.float(), y)
         loss.backward()
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        loss_sum += float(loss.detach()) * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += loss.detach().double() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
-        progress.update(step, len(y), loss=loss_sum / seen, acc=100.0 * correct / seen)
-    return {"train_loss": loss_sum / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1),
-            "images_per_s": seen / max(progress.elapsed, 1e-9)}
+        pending += len(y)
+        if _due(progress, step):
+            progress.update(step, pending, loss=float(loss_sum) / seen, acc=100.0 * int(correct) / seen)
+            pending = 0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = progress.elapsed
+    return {"train_loss": float(loss_sum) / max(seen, 1), "train_acc": 100.0 * int(correct) / max(seen, 1),
+            "images_per_s": seen / max(elapsed, 1e-9)}
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG state, as plain tensors and numbers (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -169,10 +261,18 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached_gaussian"]))
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -186,70 +286,141 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike, arch: str | None = None, num_classes: int | None = None) -> dict:
-    """Load a checkpoint and check that it belongs to ``arch`` with ``num_classes`` outputs."""
+def load_checkpoint(path: str | os.PathLike, arch: str | None = None, num_classes: int | None = None,
+                    width: float | None = None) -> dict:
+    """Load a checkpoint and check that it belongs to ``arch`` at ``width`` with ``num_classes`` outputs.
+
+    Tensors are memory-mapped: a reader that needs only the weights (extraction) does not read the
+    optimizer state, which is twice the size of the weights for Adam.
+    """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         raise FeatdynError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or "format" not in ckpt:
         raise FeatdynError(f"{path} is not a featdyn checkpoint (format {CHECKPOINT_FORMAT})")
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise FeatdynError(f"checkpoint {path} has format {ckpt['format']}, this featdyn reads format "
+                           f"{CHECKPOINT_FORMAT}: delete it (and the later epochs) to recompute them")
     if arch is not None and ckpt["arch"] != arch:
         raise FeatdynError(f"checkpoint {path} is of model {ckpt['arch']!r}, expected {arch!r}")
+    if width is not None and ckpt.get("width", 1.0) != width:
+        raise FeatdynError(f"checkpoint {path} is of width {ckpt.get('width', 1.0)}, expected {width}")
     if num_classes is not None and ckpt["num_classes"] != num_classes:
         raise FeatdynError(f"checkpoint {path} has {ckpt['num_classes']} classes, expected {num_classes}")
     return ckpt
 
 
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
-    model = build_model(ckpt["arch"], ckpt["num_classes"])
-    model.load_state_dict(ckpt["model"], strict=True)
-    return model
+    return build_model(ckpt["arch"], ckpt["num_classes"], ckpt.get("width", 1.0), state=ckpt["model"])
+
+
+def _place(model: nn.Module, device: torch.device, cfg: TrainConfig) -> nn.Module:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if _flag(cfg.channels_last, device) else model
+
+
+def configure_backends(device: torch.device) -> None:
+    """Process-wide speed settings: on CUDA, inputs have fixed sizes, so let cuDNN time and pick
+    the fastest convolution kernels once."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def _setup(device: torch.device | None, cfg: TrainConfig) -> tuple[torch.device, Normalizer]:
+    device = device or pick_device()
+    configure_backends(device)
+    return device, Normalizer(cfg.mean, cfg.std, _flag(cfg.channels_last, device)).to(device)
+
+
+def _source_model(arch: str, weights_file: str | os.PathLike | None, cache: ImageCache, cfg: TrainConfig,
+                  width: float) -> nn.Module:
+    if weights_file is None:
+        raise FeatdynError("epoch 0 needs the source weights file")
+    _seed_everything(cfg.seed)
+    return build_source_model(arch, weights_file, cache.num_classes, cfg.seed, width)
+
+
+def _epoch(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None, norm: Normalizer,
+           cache: ImageCache, cfg: TrainConfig, device: torch.device, workers: int) -> dict[str, float]:
+    """Train (epoch >= 1) and evaluate; the metrics row with timings."""
+    t0 = time.perf_counter()
+    if epoch == 0:
+        # The source model's train accuracy (random head) needs its own pass; later epochs report the
+        # running accuracy of their training pass, as the authors' code did.
+        row: dict[str, float] = {}
+        row["train_loss"], row["train_acc"] = evaluate(model, norm, cache, "train", cfg, device, workers)
+    else:
+        row = train_one_epoch(model, norm, optimizer, cache, cfg, epoch, device, workers)
+    t1 = time.perf_counter()
+    row["test_loss"], row["test_acc"] = evaluate(model, norm, cache, "test", cfg, device, workers)
+    row |= {"train_s": t1 - t0, "eval_s": time.perf_counter() - t1}
+    log.info("epoch %d: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.1f s train, %.1f s test",
+             epoch, row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"],
+             row["train_s"], row["eval_s"])
+    return row
+
+
+def resume(previous: str | os.PathLike, epoch: int, arch: str, num_classes: int, cfg: TrainConfig,
+           device: torch.device, width: float = 1.0) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Model and optimizer of checkpoint ``previous`` (epoch ``epoch - 1``) on ``device``, with every
+    RNG state restored: where epoch ``epoch`` starts."""
+    ckpt = load_checkpoint(previous, arch, num_classes, width)
+    if ckpt["epoch"] != epoch - 1:
+        raise FeatdynError(f"checkpoint {previous} is epoch {ckpt['epoch']}, expected {epoch - 1}")
+    if ckpt["seed"] != cfg.seed:
+        raise FeatdynError(f"checkpoint {previous} was trained with seed {ckpt['seed']}, the config says "
+                           f"{cfg.seed}: the data order would change mid-run; rerun from epoch 0")
+    model = _place(model_from_checkpoint(ckpt), device, cfg)
+    optimizer = make_optimizer(model, cfg, device)
+    if ckpt["optimizer"] is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    _set_rng_state(ckpt["rng"])
+    return model, optimizer
 
 
 def run_epoch(epoch: int, arch: str, cache: ImageCache, cfg: TrainConfig, out: str | os.PathLike,
               *, weights_file: str | os.PathLike | None = None, previous: str | os.PathLike | None = None,
-              device: torch.device | None = None) -> dict[str, float]:
-    """Make checkpoint ``epoch`` at ``out``; return its metrics row.
+              device: torch.device | None = None, width: float = 1.0, threads: int | None = None) -> dict[str, float]:
+    """Make checkpoint ``epoch`` at ``out``; return its metrics row (with timings in seconds).
 
     Epoch 0 builds the source model from ``weights_file``; epoch e > 0 resumes ``previous``.
+    ``threads`` (default: torch's intra-op threads) sizes the batch-gathering threads.
     """
-    device = device or pick_device()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    channels_last = _flag(cfg.channels_last, device)
-    norm = Normalizer(cfg.mean, cfg.std, channels_last).to(device)
-    meta = {"arch": arch, "num_classes": cache.num_classes, "epoch": epoch, "seed": cfg.seed,
-            "classes": cache.classes}
+    t0 = time.perf_counter()
+    device, norm = _setup(device, cfg)
+    workers = loader_workers(threads or torch.get_num_threads(), device)
     if epoch == 0:
-        if weights_file is None:
-            raise FeatdynError("epoch 0 needs the source weights file")
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed % 2**32)
-        random.seed(cfg.seed)
-        model = build_source_model(arch, weights_file, cache.num_classes, cfg.seed).to(device)
+        model = _place(_source_model(arch, weights_file, cache, cfg, width), device, cfg)
         optimizer = None
-        row: dict[str, float] = {}
     else:
         if previous is None:
             raise FeatdynError(f"epoch {epoch} needs the checkpoint of epoch {epoch - 1}")
-        ckpt = load_checkpoint(previous, arch, cache.num_classes)
-        if ckpt["epoch"] != epoch - 1:
-            raise FeatdynError(f"checkpoint {previous} is epoch {ckpt['epoch']}, expected {epoch - 1}")
-        model = model_from_checkpoint(ckpt).to(device)
-        optimizer = make_optimizer(model, cfg)
-        if ckpt["optimizer"] is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt["rng"])
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        row = train_one_epoch(model, norm, optimizer, cache, cfg, epoch, device)
-    if epoch == 0:
-        # The source model's train accuracy (random head) needs its own pass; later epochs report the
-        # running accuracy of their training pass.
-        row["train_loss"], row["train_acc"] = evaluate(model, norm, cache, "train", cfg, device)
-    row["test_loss"], row["test_acc"] = evaluate(model, norm, cache, "test", cfg, device)
-    log.info("epoch %d: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%%", epoch,
-             row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"])
-    save_checkpoint(out, model, optimizer, meta | {"metrics": row, "config": asdict(cfg)})
+        model, optimizer = resume(previous, epoch, arch, cache.num_classes, cfg, device, width)
+    setup_s = time.perf_counter() - t0
+    row = _epoch(epoch, model, optimizer, norm, cache, cfg, device, workers)
+    t1 = time.perf_counter()
+    meta = {"arch": arch, "width": width, "num_classes": cache.num_classes, "epoch": epoch, "seed": cfg.seed,
+            "classes": list(cache.classes)}
+    save_checkpoint(out, model, optimizer, meta | {"metrics": row, "config": _plain(asdict(cfg))})
+    row |= {"setup_s": setup_s, "save_s": time.perf_counter() - t1}
     return {"epoch": epoch, **row}
+
+
+def _plain(d: dict) -> dict:
+    """A config dict as plain lists/numbers/strings (checkpoints load with ``weights_only``)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def fine_tune(arch: str, cache: ImageCache, cfg: TrainConfig, weights_file: str | os.PathLike, *,
+              device: torch.device | None = None, width: float = 1.0,
+              workers: int = 1) -> tuple[nn.Module, list[dict[str, float]]]:
+    """Epochs 0..``cfg.epochs`` in one uninterrupted loop, without checkpoints: the reference that a
+    chain of :func:`run_epoch` jobs reproduces bit for bit (on a CPU)."""
+    device, norm = _setup(device, cfg)
+    model = _place(_source_model(arch, weights_file, cache, cfg, width), device, cfg)
+    rows = [{"epoch": 0, **_epoch(0, model, None, norm, cache, cfg, device, workers)}]
+    optimizer = make_optimizer(model, cfg, device)
+    for epoch in range(1, cfg.epochs + 1):
+        rows.append({"epoch": epoch, **_epoch(epoch, model, optimizer, norm, cache, cfg, device, workers)})
+    return model, rows

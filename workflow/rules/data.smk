@@ -1,12 +1,18 @@
 # Stage 1: target datasets -> split manifest + uint8 image cache.
 
 
+localrules:
+    download_dataset,
+
+
 rule materialise_demo:
     output:
         directory("results/data/{dataset}/images"),
     params:
         demo=lambda w: config["datasets"][w.dataset]["demo"],
         seed=config["seed"],
+    resources:
+        mem_mb=1000,
     log:
         "results/logs/materialise_demo/{dataset}.log",
     conda:
@@ -15,23 +21,37 @@ rule materialise_demo:
         "../scripts/materialise_demo.py"
 
 
+# A localrule: cluster login nodes have internet where compute nodes often do not. The archive is
+# checked against its sha256 before it is unpacked; both steps write under temporary names.
+rule download_dataset:
+    output:
+        directory("results/data/{dataset}/raw"),
+    params:
+        url=lambda w: config["datasets"][w.dataset]["url"],
+        sha256=lambda w: config["datasets"][w.dataset]["sha256"],
+    log:
+        "results/logs/download_dataset/{dataset}.log",
+    conda:
+        "../../envs/featdyn.yaml"
+    script:
+        "../scripts/download_dataset.py"
+
+
 def dataset_roots(wildcards):
     """The folders prepare_dataset reads: {'root': ...} or {'train': ..., 'test': ...}."""
-    spec = config["datasets"][wildcards.dataset]
-    kind = fdconfig.dataset_kind(wildcards.dataset, spec)
-    if kind == "demo":
-        return {"root": f"results/data/{wildcards.dataset}/images"}
-    if kind == "tree":
-        return {"root": spec["path"]}
-    if kind == "pair":
-        return {"train": spec["train"], "test": spec["test"]}
-    raise WorkflowError(f"datasets.{wildcards.dataset}: url datasets are not supported yet")
+    try:
+        return fdconfig.dataset_roots(wildcards.dataset, config["datasets"][wildcards.dataset],
+                                      data_dir(wildcards.dataset))
+    except FeatdynError as exc:
+        raise WorkflowError(str(exc)) from None
 
 
 def prepare_inputs(wildcards):
     spec = config["datasets"][wildcards.dataset]
     if "demo" in spec:
-        return {"images": f"results/data/{wildcards.dataset}/images"}
+        return {"images": f"{data_dir(wildcards.dataset)}/images"}
+    if "url" in spec:
+        return {"raw": f"{data_dir(wildcards.dataset)}/raw"}
     return {}
 
 
@@ -49,9 +69,10 @@ rule prepare_dataset:
         probe=config["probe"],
         classes=lambda w: config["datasets"][w.dataset].get("classes"),
         class_seed=lambda w: config["datasets"][w.dataset].get("class_seed", config["seed"]),
-    threads: 4
+    # Decoding runs on every thread; memory stays small (the cache is filled through a memory map).
+    threads: 8
     resources:
-        mem_mb=2000,
+        mem_mb=4000,
     log:
         "results/logs/prepare_dataset/{dataset}.log",
     conda:

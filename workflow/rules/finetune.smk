@@ -5,6 +5,10 @@ localrules:
     fetch_weights,
 
 
+def model_width(wildcards):
+    return config["models"][wildcards.model].get("width", 1.0)
+
+
 # A localrule: cluster login nodes have internet where compute nodes often do not.
 rule fetch_weights:
     output:
@@ -12,6 +16,7 @@ rule fetch_weights:
     params:
         arch=lambda w: config["models"][w.model]["arch"],
         weights=lambda w: config["models"][w.model].get("weights", "IMAGENET1K_V1"),
+        width=model_width,
         seed=config["seed"],
     log:
         "results/logs/fetch_weights/{model}.log",
@@ -39,11 +44,15 @@ rule finetune_epoch:
         metrics="results/checkpoints/{model}/{dataset}/epoch_{epoch}.json",
     params:
         arch=lambda w: config["models"][w.model]["arch"],
+        width=model_width,
         training=training_params,
         device=config["device"],
+    # On a GPU: one thread launches kernels, the others gather batches from the cache. On a CPU
+    # every thread computes. Host memory: the checkpoint in and out (VGG19 with Adam: 1.7 GB each)
+    # plus torch and the CUDA context; a retry gets more.
     threads: 4
     resources:
-        mem_mb=8000,
+        mem_mb=lambda w, attempt: 12000 * attempt,
         gpu=1,
     log:
         "results/logs/finetune_epoch/{model}/{dataset}/epoch_{epoch}.log",

@@ -11,6 +11,9 @@ rule table1:
     output:
         csv=report("results/tables/table1_accuracy.csv", caption="../report/table1.rst", category="Tables"),
         md="results/tables/table1_accuracy.md",
+    params:
+        models=MODELS,
+        datasets=DATASETS,
     log:
         "results/logs/tables/table1.log",
     conda:

@@ -14,5 +14,5 @@ device = pick_device(p.device)
 log.info("%s on %s, epoch %s, device %s, %d threads", w.model, w.dataset, w.epoch, device, torch.get_num_threads())
 row = run_epoch(int(w.epoch), p.arch, cache, TrainConfig.from_dict(p.training), snakemake.output.checkpoint,
                 weights_file=snakemake.input.get("weights"), previous=snakemake.input.get("previous"),
-                device=device)
+                device=device, width=p.width, threads=snakemake.threads)
 write_text(snakemake.output.metrics, json.dumps({"model": w.model, "dataset": w.dataset, **row}, indent=2))
