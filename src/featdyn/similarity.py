@@ -12,7 +12,7 @@ import torch
 from . import FeatdynError
 from .metrics import from_stats
 from .stats import Accumulator, PairStats, SideStats, load_pairs, load_sides, stream_pair
-from .stores import check_pair, open_store
+from .stores import open_pair, open_store
 from .tables import SCORE_COLUMNS
 
 log = logging.getLogger("featdyn.similarity")
@@ -34,8 +34,7 @@ def source_stats_from_store(path: str | os.PathLike, device: torch.device | str 
 def pair_stats_from_stores(source_path: str | os.PathLike, target_path: str | os.PathLike,
                            source: Mapping[str, SideStats], device: torch.device | str = "cpu") -> dict[str, PairStats]:
     """Per-layer cross statistics of (source, target), streamed chunk by chunk from both stores."""
-    src, tgt = open_store(source_path, {"epoch": 0}), open_store(target_path)
-    check_pair(src, tgt)
+    src, tgt = open_pair(source_path, target_path)
     out = {}
     for layer in src.layers:
         if layer not in source:
