@@ -83,13 +83,16 @@ def test_readable_by_plain_zarr_and_by_hand(tmp_path):
 def test_large_layers_are_split_along_channels(tmp_path):
     shape = (10, 64, 16, 16)
     chunks = chunk_shape(shape, 4, 4, max_bytes=64 << 10)
-    assert chunks[0] == 4 and chunks[2:] == (16, 16)
-    assert math.prod(chunks) * 4 <= 64 << 10 and chunks[1] >= 1
+    assert chunks == (4, 16, 16, 16), "the most channels that fit in 64 KiB (4 images x 16 x 16 x 4 bytes each)"
+    chunks = chunk_shape((10, 96, 16, 16), 4, 4, max_bytes=80 << 10)
+    assert chunks[1] == 16 and 96 % chunks[1] == 0, "20 channels would fit; 16 divides 96 (no padded edge chunk)"
+    assert chunk_shape((10, 3, 512, 512), 4, 4, max_bytes=1 << 20)[1] == 1, "at least one channel"
+    assert math.prod(chunk_shape((10, 8, 2, 2), 4, 4)) == 4 * 8 * 2 * 2, "small layers: one chunk per batch"
     # A real store with a small limit: several channel chunks per batch, same values back.
     path = tmp_path / "split.zarr"
     data = write_store(path, max_chunk_bytes=4 * 2 * 4 * 5 * 4)
     arr = ActivationStore(path).array("features.1")
-    assert arr.chunks == (4, 2, 4, 5)
+    assert arr.chunks == (4, 1, 4, 5), "2 channels would fit, but 2 does not divide 3"
     np.testing.assert_array_equal(arr[:], data["features.1"])
 
 

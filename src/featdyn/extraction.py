@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,9 +29,11 @@ from torch import nn
 from .datasets import ImageCache, file_sha256
 from .layers import LayerCapture
 from .progress import Progress
-from .stores import StoreWriter
 from .training import IMAGENET_MEAN, IMAGENET_STD, Normalizer, iterate_batches, load_checkpoint, \
     model_from_checkpoint, pick_device
+
+if TYPE_CHECKING:
+    from .stores import StoreWriter
 
 log = logging.getLogger("featdyn.extraction")
 
@@ -158,6 +161,8 @@ def extract(checkpoint: str | os.PathLike, cache: ImageCache, layers: Sequence[s
 
     Returns {'n', 'seconds', 'images_per_s'} of the capture-and-store loop (store creation to rename).
     """
+    from .stores import StoreWriter  # zarr is needed to write, not to capture (GPU benchmarks without it)
+
     device = device or pick_device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -3,7 +3,7 @@
 Each array is (n_probe, C, H, W), chunked along the first axis exactly like the extraction batch,
 so that every batch writes whole chunks (no read-modify-write) and a reader streams chunk by chunk.
 A batch of a large layer is split further along the channel axis (at most ``MAX_CHUNK_BYTES``
-each): bounded chunk sizes for any reader, and several chunks that zarr compresses in parallel.
+per chunk): bounded chunk sizes for any reader, and several chunks that zarr compresses in parallel.
 
 Group attributes record what the activations are of (layers, checkpoint hash, probe-set hash,
 dtype, image size), and :func:`open_store` / :func:`open_pair` check them before any comparison.
@@ -57,12 +57,13 @@ def _compressors(codec: str, level: int):
 
 
 def chunk_shape(shape: Sequence[int], chunk: int, itemsize: int, max_bytes: int = MAX_CHUNK_BYTES) -> tuple[int, ...]:
-    """Chunks of an (n, C, H, W) array: ``chunk`` images, and the channels split into equal parts
-    so that one chunk holds at most ``max_bytes`` (at least one channel)."""
+    """Chunks of an (n, C, H, W) array: ``chunk`` images, and the largest divisor of C channels that
+    keeps one chunk within ``max_bytes`` (at least one channel). A divisor: edge chunks along the
+    channel axis would be stored padded to full size."""
     n, c, *rest = shape
     per_channel = chunk * math.prod(rest) * itemsize
-    parts = math.ceil(c / max(1, max_bytes // max(per_channel, 1)))
-    return (chunk, math.ceil(c / parts), *rest)
+    fit = max(1, max_bytes // max(per_channel, 1))
+    return (chunk, max(d for d in range(1, c + 1) if c % d == 0 and d <= fit), *rest)
 
 
 def _stale_temporaries(path: Path) -> list[Path]:
