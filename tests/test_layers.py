@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from featdyn import FeatdynError
-from featdyn.layers import PRESETS, LayerCapture, parse_layer, preset, resolve_modules
+from featdyn.layers import PRESETS, LayerCapture, layer_shapes, parse_layer, preset, resolve_modules
 
 # The layers as the issue (and DESIGN.md section 2) state them, with torchvision's module paths.
 PAPER_LAYERS = {
@@ -185,3 +185,14 @@ def test_preset_shapes_at_224_and_direct_calls(arch):
         with torch.inference_mode():
             torch.testing.assert_close(conv, model.features[:3](x), rtol=0, atol=0)
         assert conv.min() < 0
+
+
+def test_layer_lists_are_checked_without_weights():
+    """layer_shapes: the paper's shapes and the same errors, from a meta-device pass (no compute)."""
+    for arch in ("vgg19", "resnet50", "densenet121", "mobilenet_v2"):
+        assert layer_shapes(arch, preset(arch), 224) == SHAPES_224[arch]
+    assert layer_shapes("resnet50", ["layer1.0.relu@2"], 64) == {"layer1.0.relu@2": (64, 16, 16)}
+    with pytest.raises(FeatdynError, match=r"layer1\.0\.relu@3"):
+        layer_shapes("resnet50", ["layer1.0.relu"], 64)
+    with pytest.raises(FeatdynError, match="features.denseblock1"):
+        layer_shapes("densenet121", ["denseblock1.denselayer6.relu2"], 64)

@@ -164,3 +164,17 @@ class LayerCapture:
             if want is not None and n < want:
                 raise FeatdynError(f"layer {spec!r}: the module is called only {n} time(s) per forward pass; "
                                    f"valid: {[f'{path}@{k}' for k in range(1, n + 1)]}")
+
+
+def layer_shapes(arch: str, layers: Sequence[str], image_size: int) -> dict[str, tuple[int, ...]]:
+    """(C, H, W) of each layer of torchvision's ``arch`` at ``image_size`` px, found by a forward
+    pass on the meta device (no weights, no memory, milliseconds): the same checks as an
+    extraction (unknown path, module called several times without ``@k``, ``@k`` beyond the calls),
+    so that a layer list can be checked before any job runs."""
+    import torchvision
+
+    with torch.device("meta"):
+        model = torchvision.models.get_model(arch, weights=None).eval()
+        x = torch.empty(1, 3, image_size, image_size)
+    with torch.no_grad(), LayerCapture(model, layers) as capture:
+        return {spec: tuple(t.shape[1:]) for spec, t in capture.run(x).items()}
