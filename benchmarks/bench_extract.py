@@ -21,7 +21,6 @@ installed, else smooth random images.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -126,6 +125,19 @@ def check_device(work: Path, arch: str, size: int, device: torch.device) -> dict
             for layer in layers}
 
 
+def store_only(feats: dict[str, np.ndarray], n: int, batch: int, layers: list[str], out: Path, codec: str) -> float:
+    """Images/s of storage alone: one captured batch written n/batch times (no compute)."""
+    from featdyn.stores import StoreWriter
+
+    batch = len(next(iter(feats.values())))  # fewer than asked when n < batch
+    steps = max(1, n // batch)
+    t0 = time.perf_counter()
+    with StoreWriter(out, steps * batch, layers, {}, chunk=batch, codec=codec, level=1) as w:
+        for i in range(steps):
+            w.write(i * batch, feats, np.zeros(batch, dtype=np.int64), np.arange(i * batch, (i + 1) * batch))
+    return steps * batch / (time.perf_counter() - t0)
+
+
 def store_bytes(path: Path, layers: list[str]) -> int:
     """Bytes of the layer arrays' chunk files on disk."""
     from featdyn.stores import array_name
@@ -139,10 +151,15 @@ def speed(work: Path, arch: str, size: int, n: int, batch: int, repeats: int, de
     rows = cache.indices("probe")
     layers = preset(arch)
     model, norm, _ = load_model(ckpt, cache, device)
-    runs: dict[str, list[float]] = {"forward": [], "hooks": [], **{f"extract_{c}": [] for c in codecs}}
+    runs: dict[str, list[float]] = {"forward": [], "hooks": [], **{f"extract_{c}": [] for c in codecs},
+                                    **{f"store_{c}": [] for c in codecs}}
     with float32_precision(device, tf32):
         hooks_only(model, norm, cache, rows[:batch], layers, batch, device)  # warm-up (cudnn, allocator)
+        first = next(capture_batches(model, norm, cache, rows[:batch], layers, batch, device)).numpy()
         for _ in range(repeats):
+            for codec in codecs:
+                out = store_dir / f"{arch}_{size}_{codec}_alone.zarr"
+                runs[f"store_{codec}"].append(store_only(first, len(rows), batch, layers, out, codec))
             runs["forward"].append(forward_only(model, norm, cache, rows, batch, device))
             runs["hooks"].append(hooks_only(model, norm, cache, rows, layers, batch, device))
             for codec in codecs:
@@ -192,7 +209,9 @@ def main() -> None:
     if len(args.n) != len(args.sizes):
         ap.error("--n needs one value per --sizes value")
     device = pick_device(args.device)
-    if importlib.util.find_spec("zarr") is None:
+    try:
+        import zarr  # noqa: F401
+    except ImportError:
         print("zarr is not installed: storage parts skipped (forward and hook figures only)")
         args.codecs, args.bytes_models = [], []
     repo = Path(__file__).resolve().parents[1]
@@ -211,7 +230,8 @@ def main() -> None:
                 print(f"{arch}: " + ", ".join(f"{k} {v:.1e}" for k, v in results["check"][arch].items()), flush=True)
         print("\n## speed: images/s (median of %d), ratio = extract / forward with the same hooks" % args.repeats)
         print("| model | weights | px | n | batch | forward (no hooks) | forward + hooks | "
-              + " | ".join(f"extract {c}" for c in args.codecs) + " | " + " | ".join(f"ratio {c} (paired)" for c in args.codecs) + " |")
+              + " | ".join(f"extract {c}" for c in args.codecs) + " | " + " | ".join(f"ratio {c} (paired)" for c in args.codecs)
+              + " | " + " | ".join(f"storage alone {c}" for c in args.codecs) + " |")
         for arch in args.models:
             for size, n in zip(args.sizes, args.n):
                 r = speed(work, arch, size, n, args.batch, args.repeats, device, work, args.codecs, args.tf32)
@@ -219,8 +239,8 @@ def main() -> None:
                 m = r["img_per_s"]
                 print(f"| {arch} | {r['weights']} | {size} | {r['n']} | {r['batch']} | {m['forward']:.1f} | {m['hooks']:.1f} | "
                       + " | ".join(f"{m[f'extract_{c}']:.1f}" for c in args.codecs) + " | "
-                      + " | ".join(f"{r[f'ratio_{c}']:.2f} ({r[f'paired_{c}']:.2f})" for c in args.codecs) + " |",
-                      flush=True)
+                      + " | ".join(f"{r[f'ratio_{c}']:.2f} ({r[f'paired_{c}']:.2f})" for c in args.codecs) + " | "
+                      + " | ".join(f"{m[f'store_{c}']:.1f}" for c in args.codecs) + " |", flush=True)
         if args.bytes_models:
             print("\n## bytes per image stored at 224 px (float32), zstd-1 against none")
             print("| model | weights | bytes/image none | bytes/image zstd-1 | compression ratio |")
