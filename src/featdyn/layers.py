@@ -18,15 +18,21 @@ from . import FeatdynError
 
 # The paper's layers (ReLU outputs at the end of each major component); see DESIGN.md section 2.
 PRESETS: dict[str, list[str]] = {
+    # The last ReLU of each of the five blocks: 64x224^2, 128x112^2, 256x56^2, 512x28^2, 512x14^2.
     "vgg19": ["features.3", "features.8", "features.17", "features.26", "features.35"],
-    # The stem ReLU, then each stage's output after the residual addition (the Bottleneck's output
-    # is its final ReLU applied to the sum).
+    # The stem ReLU, then each stage's last Bottleneck. A Bottleneck's output is its `relu` applied
+    # (third call) to the residual sum, so hooking the block captures the post-addition tensor
+    # (the same as `layer1.2.relu@3`; a plain hook on `layer1.2.relu` is refused).
     "resnet50": ["relu", "layer1.2", "layer2.3", "layer3.5", "layer4.2"],
+    # torchvision nests the blocks under `features`; relu2 is the 128-channel bottleneck ReLU of the
+    # last dense layer of each block (called once per pass), in forward order with the transitions.
     "densenet121": ["features.denseblock1.denselayer6.relu2", "features.transition1.relu",
                     "features.denseblock2.denselayer12.relu2", "features.transition2.relu",
                     "features.denseblock3.denselayer24.relu2", "features.transition3.relu",
                     "features.denseblock4.denselayer16.relu2"],
-    # MobileNetV2: the stem ConvBNReLU6, three block outputs, the last ConvBNReLU6 (1280 channels).
+    # The demo model, mapped onto ResNet's choice: the stem Conv-BN-ReLU6 (32x112^2), the last block
+    # of each resolution stage (after its residual addition: 24x56^2, 32x28^2, 96x14^2; these blocks
+    # end linearly, MobileNetV2 has no ReLU there) and the last Conv-BN-ReLU6 (1280x7^2).
     "mobilenet_v2": ["features.0", "features.3", "features.6", "features.13", "features.18"],
 }
 
@@ -48,6 +54,18 @@ def parse_layer(spec: str) -> tuple[str, int | None]:
     return path, int(call)
 
 
+def _choices(path: str, names: Sequence[str]) -> str:
+    """The valid module paths near ``path``: the children of its deepest existing ancestor, and
+    the closest names overall (a typo in any component)."""
+    parts = path.split(".")
+    parent = next((".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in names), "")
+    depth = parent.count(".") + 1 if parent else 0
+    children = [n for n in names if n and n.count(".") == depth and (not parent or n.startswith(parent + "."))]
+    close = difflib.get_close_matches(path, [n for n in names if n], n=6, cutoff=0.6)
+    where = f"modules under {parent!r}" if parent else "top-level modules"
+    return f"{where}: {children[:40]}{' ...' if len(children) > 40 else ''}; closest names: {close}"
+
+
 def resolve_modules(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
     """Map each layer spec to its module; unknown paths are an error listing the valid choices."""
     modules = dict(model.named_modules())
@@ -55,29 +73,51 @@ def resolve_modules(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Mod
     for spec in layers:
         path, _ = parse_layer(spec)
         if path not in modules or path == "":
-            close = difflib.get_close_matches(path, list(modules), n=8, cutoff=0.5)
             raise FeatdynError(f"layer {path!r} is not a module of {type(model).__name__}; "
-                               f"close matches: {close or sorted(modules)[:20]}")
+                               f"{_choices(path, list(modules))}")
         out[spec] = modules[path]
+    if len(set(out)) != len(list(layers)):
+        raise FeatdynError(f"layers {list(layers)} name a layer twice")
     return out
 
 
 class LayerCapture:
     """Forward hooks that keep the output of each requested layer (the right call of it).
 
-    Use as a context manager around forward passes; ``captured`` maps each layer spec to the tensor
-    of the last forward pass. Call counts are checked after every pass: a module called several
-    times without ``@k``, or called fewer than k times, is an error naming the valid choices.
+    Use as a context manager around forward passes; :meth:`run` returns {layer spec: tensor} of
+    one pass. Call counts are checked after every pass: a module called several times without
+    ``@k``, or called fewer than k times, is an error naming the valid choices.
+
+    The hook copies the tensor at the moment the layer returns it: a later in-place operation
+    (``ReLU(inplace=True)`` after a BatchNorm, a residual ``+=``) would otherwise change what was
+    captured. With ``host=True`` (extraction) the copy goes to host memory as float32: a clone on
+    CPU, an asynchronous copy into pinned memory on CUDA (enqueued on the compute stream, so it
+    reads the tensor before any later kernel can modify it); :attr:`ready` is then a CUDA event
+    that completes when the copies have landed. ``host=True`` refuses tensors that are not
+    float32: stored activations are never computed in bf16/fp16 (autocast must be off).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], detach: bool = True) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str], detach: bool = True, host: bool = False) -> None:
         self.model = model
         self.layers = list(layers)
         self.modules = resolve_modules(model, self.layers)
         self.detach = detach
+        self.host = host
         self.captured: dict[str, torch.Tensor] = {}
+        self.ready: torch.cuda.Event | None = None
         self._calls: dict[str, int] = {}
         self._handles: list = []
+
+    def _take(self, spec: str, output: torch.Tensor) -> torch.Tensor:
+        t = output.detach() if self.detach else output
+        if not self.host:
+            return t.clone(memory_format=torch.contiguous_format)
+        if t.dtype != torch.float32:
+            raise FeatdynError(f"layer {spec!r} computed {t.dtype}, but stored activations must be computed "
+                               f"in float32 (run the model in float32 without autocast)")
+        if t.device.type == "cpu":
+            return t.clone(memory_format=torch.contiguous_format)
+        return t.contiguous().to("cpu", non_blocking=True)
 
     def _hook(self, spec: str):
         _, want = parse_layer(spec)
@@ -87,7 +127,7 @@ class LayerCapture:
             if want is None or self._calls[spec] == want:
                 if not isinstance(output, torch.Tensor):
                     raise FeatdynError(f"layer {spec!r} returns {type(output).__name__}, not a tensor")
-                self.captured[spec] = output.detach() if self.detach else output
+                self.captured[spec] = self._take(spec, output)
         return hook
 
     def __enter__(self) -> LayerCapture:
@@ -101,12 +141,16 @@ class LayerCapture:
         self._handles.clear()
 
     def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One forward pass; return {layer spec: captured tensor}."""
+        """One forward pass; return {layer spec: captured tensor} in the order of ``layers``."""
         self._calls.clear()
         self.captured = {}
         self.model(x)
         self.check_calls()
-        return dict(self.captured)
+        self.ready = None
+        if self.host and x.device.type == "cuda":
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        return {spec: self.captured[spec] for spec in self.layers}
 
     def check_calls(self) -> None:
         for spec in self.layers:
@@ -120,3 +164,17 @@ class LayerCapture:
             if want is not None and n < want:
                 raise FeatdynError(f"layer {spec!r}: the module is called only {n} time(s) per forward pass; "
                                    f"valid: {[f'{path}@{k}' for k in range(1, n + 1)]}")
+
+
+def layer_shapes(arch: str, layers: Sequence[str], image_size: int) -> dict[str, tuple[int, ...]]:
+    """(C, H, W) of each layer of torchvision's ``arch`` at ``image_size`` px, found by a forward
+    pass on the meta device (no weights, no memory, milliseconds): the same checks as an
+    extraction (unknown path, module called several times without ``@k``, ``@k`` beyond the calls),
+    so that a layer list can be checked before any job runs."""
+    import torchvision
+
+    with torch.device("meta"):
+        model = torchvision.models.get_model(arch, weights=None).eval()
+        x = torch.empty(1, 3, image_size, image_size)
+    with torch.no_grad(), LayerCapture(model, layers) as capture:
+        return {spec: tuple(t.shape[1:]) for spec, t in capture.run(x).items()}

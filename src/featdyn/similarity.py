@@ -15,7 +15,7 @@ from .filterwise import FilterAccumulator, FilterScores
 from .metrics import from_stats
 from .progress import Progress
 from .stats import Accumulator, PairStats, SideStats, load_pairs, load_sides, stream_pair
-from .stores import check_pair, open_store
+from .stores import open_pair, open_store
 from .tables import SCORE_COLUMNS
 
 # One row per (layer, class, filter) of one epoch: the class mean of the filter's map distance
@@ -42,8 +42,7 @@ def source_stats_from_store(path: str | os.PathLike, device: torch.device | str 
 def pair_stats_from_stores(source_path: str | os.PathLike, target_path: str | os.PathLike,
                            source: Mapping[str, SideStats], device: torch.device | str = "cpu") -> dict[str, PairStats]:
     """Per-layer cross statistics of (source, target), streamed chunk by chunk from both stores."""
-    src, tgt = open_store(source_path, {"epoch": 0}), open_store(target_path)
-    check_pair(src, tgt)
+    src, tgt = open_pair(source_path, target_path)
     out = {}
     for layer in src.layers:
         if layer not in source:
