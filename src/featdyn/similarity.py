@@ -26,9 +26,11 @@ FILTER_COLUMNS = ["model", "dataset", "metric", "kind", "layer", "layer_index", 
 log = logging.getLogger("featdyn.similarity")
 
 
-def source_stats_from_store(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, SideStats]:
-    """Per-layer statistics of the source model's activations (read once, shared by all epochs)."""
-    store = open_store(path, {"epoch": 0})
+def source_stats_from_store(path: str | os.PathLike, device: torch.device | str = "cpu",
+                            expect: Mapping | None = None) -> dict[str, SideStats]:
+    """Per-layer statistics of the source model's activations (read once, shared by all epochs).
+    ``expect``: attributes the store must carry (:func:`featdyn.stores.expected_attrs`)."""
+    store = open_store(path, {**(expect or {}), "epoch": 0})
     out = {}
     for layer in store.layers:
         acc = Accumulator(device)
@@ -40,9 +42,10 @@ def source_stats_from_store(path: str | os.PathLike, device: torch.device | str 
 
 
 def pair_stats_from_stores(source_path: str | os.PathLike, target_path: str | os.PathLike,
-                           source: Mapping[str, SideStats], device: torch.device | str = "cpu") -> dict[str, PairStats]:
+                           source: Mapping[str, SideStats], device: torch.device | str = "cpu",
+                           expect: Mapping | None = None) -> dict[str, PairStats]:
     """Per-layer cross statistics of (source, target), streamed chunk by chunk from both stores."""
-    src, tgt = open_pair(source_path, target_path)
+    src, tgt = open_pair(source_path, target_path, expect)
     out = {}
     for layer in src.layers:
         if layer not in source:
@@ -73,15 +76,13 @@ def score_layers(source_file: str | os.PathLike, epoch_files: Sequence[str | os.
 
 def filter_table_from_stores(source_path: str | os.PathLike, target_path: str | os.PathLike, block: Mapping, *,
                              model: str, dataset: str, metric: str,
-                             device: torch.device | str | None = None) -> pd.DataFrame:
+                             device: torch.device | str | None = None,
+                             expect: Mapping | None = None) -> pd.DataFrame:
     """Filter-granularity distances of one epoch against the source model (epoch 0), per layer,
     class and filter (:data:`FILTER_COLUMNS`), streamed chunk by chunk from both stores."""
     if block.get("granularity") != "filter":
         raise FeatdynError(f"metrics.{metric}: filter tables need granularity 'filter', got {block.get('granularity')!r}")
-    src, tgt = open_store(source_path, {"epoch": 0}), open_store(target_path)
-    check_pair(src, tgt)
-    if not np.array_equal(src.labels, tgt.labels):
-        raise FeatdynError(f"stores {src.path} and {tgt.path} hold different probe labels")
+    src, tgt = open_pair(source_path, target_path, expect)
     epoch = int(tgt.attrs.get("epoch", -1))
     frames = []
     for index, layer in enumerate(src.layers):

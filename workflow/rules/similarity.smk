@@ -13,6 +13,7 @@ def filter_table(metric, model, dataset, epoch):
 rule source_stats:
     input:
         store=lambda w: store_dir(w.model, w.dataset, 0),
+        summary=lambda w: data_files(w.dataset)["summary"],
     output:
         "results/stats/{model}/{dataset}/source.npz",
     params:
@@ -34,6 +35,7 @@ rule layer_stats:
         source_store=lambda w: store_dir(w.model, w.dataset, 0),
         store=lambda w: store_dir(w.model, w.dataset, w.epoch),
         source_stats="results/stats/{model}/{dataset}/source.npz",
+        summary=lambda w: data_files(w.dataset)["summary"],
     output:
         "results/stats/{model}/{dataset}/epoch_{epoch}.npz",
     params:
@@ -54,6 +56,7 @@ rule filter_scores:
     input:
         source_store=lambda w: store_dir(w.model, w.dataset, 0),
         store=lambda w: store_dir(w.model, w.dataset, w.epoch),
+        summary=lambda w: data_files(w.dataset)["summary"],
     output:
         filter_table("{metric}", "{model}", "{dataset}", "{epoch}"),
     params:
