@@ -49,6 +49,8 @@ def test_analysed_epochs():
     ({"models__m__weights": "IMAGENET9K"}, "models.m.weights"),
     ({"models__m__weights": "weights/missing.pth"}, "weights/missing.pth"),
     ({"models__m__arch": "alexnet", "models__m__layers": "preset"}, "models.m.layers"),
+    ({"models__m__layers": ["features.1", "features.99"]}, "models.m.layers"),
+    ({"models__m__arch": "resnet18", "models__m__layers": ["layer1.0.relu"]}, "layer1.0.relu@2"),
     ({"datasets__d": {"path": "no/such/folder"}}, "no/such/folder"),
     ({"datasets__d": {"demo": "digits", "path": "x"}}, "datasets.d"),
     ({"datasets__d": {"url": "file:///x.tar"}}, "datasets.d.sha256"),

@@ -110,7 +110,7 @@ def metric_params(config: dict, metric: str) -> dict:
 def check(config: dict, base: str | Path = ".") -> None:
     """Raise FeatdynError naming every problem found in ``config`` (paths relative to ``base``)."""
     from .datasets import check_tree
-    from .layers import PRESETS
+    from .layers import PRESETS, layer_shapes
     from .models import check_arch, check_width, is_weights_file, resolve_weights
 
     problems: list[str] = []
@@ -147,6 +147,14 @@ def check(config: dict, base: str | Path = ".") -> None:
             if spec.get("layers", "preset") == "preset" and spec["arch"] not in PRESETS:
                 raise FeatdynError(f"models.{name}.layers: no preset for {spec['arch']!r} "
                                    f"(presets: {sorted(PRESETS)}); give a list of module paths")
+            # A forward pass on the meta device (milliseconds, no weights) finds unknown paths and
+            # modules called several times without @k before any job runs.
+            try:
+                layer_shapes(spec["arch"], layers_of(config, name), int(config.get("image_size", 224)))
+            except FeatdynError as exc:
+                raise FeatdynError(f"models.{name}.layers: {exc}") from None
+            except Exception:  # noqa: BLE001 - a model the meta device cannot run is checked by its job
+                pass
         attempt(model_checks)
 
     for name, spec in config["datasets"].items():
