@@ -25,8 +25,13 @@ def similarity_curves(scores: pd.DataFrame, model: str, out: str | os.PathLike) 
     metrics = list(dict.fromkeys(sc["metric"]))
     datasets = list(dict.fromkeys(sc["dataset"]))
     palettes = ["Blues", "Oranges", "Reds", "Greens", "Purples", "Greys"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    # At most three panels a row: four or more metrics wrap instead of making a strip.
+    ncols = min(3, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
         sub = sc[sc["metric"] == metric]
         for di, dataset in enumerate(datasets):
             d = sub[sub["dataset"] == dataset]

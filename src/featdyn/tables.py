@@ -70,12 +70,15 @@ def table2(scores: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns={"count": "epochs"})
 
 
-def table2_layout(t2: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Table 2 in the paper's layout for one metric: models x datasets, 'mean +- std'."""
+def table2_layout(t2: pd.DataFrame, metric: str, models: Sequence[str] | None = None,
+                  datasets: Sequence[str] | None = None) -> pd.DataFrame:
+    """Table 2 in the paper's layout for one metric: models x datasets, 'mean +- std', rows and
+    columns in the given (config) order as in :func:`table1`."""
     sub = t2[t2["metric"] == metric]
     cell = sub.assign(cell=[f"{m:.3f} ± {s:.3f}" if np.isfinite(s) else f"{m:.3f}"
                             for m, s in zip(sub["mean"], sub["std"])])
-    return cell.pivot(index="model", columns="dataset", values="cell").rename_axis(None, axis=1)
+    table = cell.pivot(index="model", columns="dataset", values="cell").rename_axis(None, axis=1)
+    return table.reindex(index=models or table.index, columns=datasets or table.columns)
 
 
 def to_markdown(df: pd.DataFrame, title: str) -> str:

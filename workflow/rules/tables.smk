@@ -31,6 +31,10 @@ rule table2:
     output:
         csv=report("results/tables/table2_reusability.csv", caption="../report/table2.rst", category="Tables"),
         md="results/tables/table2_reusability.md",
+    params:
+        models=MODELS,
+        datasets=DATASETS,
+        metrics=METRICS,
     log:
         "results/logs/tables/table2.log",
     conda:
