@@ -48,11 +48,6 @@ def check_arch(arch: str) -> None:
                            f"model name such as resnet50, vgg19, densenet121, mobilenet_v2{hint}")
 
 
-def weight_names(arch: str) -> list[str]:
-    check_arch(arch)
-    return [w.name for w in torchvision.models.get_model_weights(arch)]
-
-
 def is_weights_file(weights: str | None) -> bool:
     """A weights value that names a local file rather than a torchvision weights enum."""
     return bool(weights) and (os.sep in weights or weights.endswith((".pt", ".pth")))
