@@ -30,6 +30,7 @@ from torch import nn
 
 from . import FeatdynError
 from .atomic import atomic_path
+from .linalg import resolve_device
 from .models import build_model, build_source_model
 from .prefetch import ordered_map
 from .progress import Progress
@@ -73,12 +74,11 @@ class TrainConfig:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The config's ``device`` ('auto', 'cpu', 'cuda[:k]'); asking for CUDA without a GPU is an error."""
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise FeatdynError(f"device: {requested!r} requested but torch sees no CUDA GPU here "
                            f"(use 'auto' or 'cpu')")
-    return torch.device(requested)
+    return resolve_device(requested)
 
 
 def _flag(value: bool | str, device: torch.device) -> bool:
