@@ -27,6 +27,15 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    model="|".join(MODELS),
+    dataset="|".join(DATASETS),
+    metric="|".join(METRICS),
+    epoch=r"\d+",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/extract.smk"
@@ -36,6 +45,7 @@ include: "workflow/rules/figures.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/tables/table1_accuracy.csv",
         "results/tables/table1_accuracy.md",
@@ -43,4 +53,3 @@ rule all:
         "results/tables/table2_reusability.md",
         "results/tables/metric_correlation.csv",
         expand("results/figures/similarity_{model}.png", model=MODELS),
-    default_target: True

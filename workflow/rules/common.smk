@@ -1,4 +1,4 @@
-# Helpers shared by the rule modules: config resolution and the input functions.
+# Helpers shared by all modules: config resolution and the input functions.
 from pathlib import Path
 
 from featdyn import FeatdynError
@@ -15,13 +15,6 @@ MODELS = list(config["models"])
 DATASETS = list(config["datasets"])
 METRICS = list(config["metrics"])
 RUNS = [(m, d) for m in MODELS for d in DATASETS]
-
-
-wildcard_constraints:
-    model="|".join(MODELS),
-    dataset="|".join(DATASETS),
-    metric="|".join(METRICS),
-    epoch=r"\d+",
 
 
 def data_dir(dataset):
@@ -55,3 +48,63 @@ def store_dir(model, dataset, epoch):
 
 def metric_block(wildcards):
     return fdconfig.metric_params(config, wildcards.metric)
+
+
+def dataset_roots(wildcards):
+    """The folders prepare_dataset reads: {'root': ...} or {'train': ..., 'test': ...}."""
+    try:
+        return fdconfig.dataset_roots(
+            wildcards.dataset, config["datasets"][wildcards.dataset], data_dir(wildcards.dataset)
+        )
+    except FeatdynError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+def prepare_inputs(wildcards):
+    spec = config["datasets"][wildcards.dataset]
+    if "demo" in spec:
+        return {"images": f"{data_dir(wildcards.dataset)}/images"}
+    if "url" in spec:
+        return {"raw": f"{data_dir(wildcards.dataset)}/raw"}
+    return {}
+
+
+def model_width(wildcards):
+    return config["models"][wildcards.model].get("width", 1.0)
+
+
+def finetune_inputs(wildcards):
+    inputs = data_files(wildcards.dataset)
+    epoch = int(wildcards.epoch)
+    if epoch == 0:
+        inputs["weights"] = f"results/weights/{wildcards.model}.pt"
+    else:
+        inputs["previous"] = checkpoint_file(wildcards.model, wildcards.dataset, epoch - 1)
+    return inputs
+
+
+FILTER_METRICS = [m for m in METRICS if fdconfig.metric_params(config, m)["granularity"] == "filter"]
+
+
+def filter_table(metric, model, dataset, epoch):
+    return f"results/filters/{metric}/{model}/{dataset}/epoch_{epoch}.csv"
+
+
+def score_inputs(wildcards):
+    epochs = analysed_epochs(wildcards.model, wildcards.dataset)
+    if wildcards.metric in FILTER_METRICS:
+        return {"epochs": [filter_table(wildcards.metric, wildcards.model, wildcards.dataset, e) for e in epochs]}
+    return {
+        "source": f"results/stats/{wildcards.model}/{wildcards.dataset}/source.npz",
+        "epochs": [f"results/stats/{wildcards.model}/{wildcards.dataset}/epoch_{e}.npz" for e in epochs],
+    }
+
+
+ALL_SCORES = [f"results/scores/{s}/{m}/{d}.csv" for s in METRICS for m, d in RUNS]
+
+# Reading (b) of the correlation (across filters) needs the per-filter tables of two filter metrics.
+FILTER_TABLES = (
+    [filter_table(s, m, d, e) for s in FILTER_METRICS for m, d in RUNS for e in analysed_epochs(m, d)]
+    if len(FILTER_METRICS) >= 2
+    else []
+)

@@ -7,17 +7,17 @@ rule extract:
         checkpoint="results/checkpoints/{model}/{dataset}/epoch_{epoch}.pt",
     output:
         directory("results/activations/{model}/{dataset}/epoch_{epoch}.zarr"),
-    params:
-        layers=lambda w: fdconfig.layers_of(config, w.model),
-        extraction=config["extraction"],
-        device=config["device"],
-    threads: 4
-    resources:
-        mem_mb=8000,
-        gpu=1,
     log:
         "results/logs/extract/{model}/{dataset}/epoch_{epoch}.log",
     conda:
         "../../envs/featdyn.yaml"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        gpu=1,
+    params:
+        layers=lambda w: fdconfig.layers_of(config, w.model),
+        extraction=config["extraction"],
+        device=config["device"],
     script:
         "../scripts/extract.py"

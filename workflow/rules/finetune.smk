@@ -5,35 +5,21 @@ localrules:
     fetch_weights,
 
 
-def model_width(wildcards):
-    return config["models"][wildcards.model].get("width", 1.0)
-
-
 # A localrule: cluster login nodes have internet where compute nodes often do not.
 rule fetch_weights:
     output:
         "results/weights/{model}.pt",
+    log:
+        "results/logs/fetch_weights/{model}.log",
+    conda:
+        "../../envs/featdyn.yaml"
     params:
         arch=lambda w: config["models"][w.model]["arch"],
         weights=lambda w: config["models"][w.model].get("weights", "IMAGENET1K_V1"),
         width=model_width,
         seed=config["seed"],
-    log:
-        "results/logs/fetch_weights/{model}.log",
-    conda:
-        "../../envs/featdyn.yaml"
     script:
         "../scripts/fetch_weights.py"
-
-
-def finetune_inputs(wildcards):
-    inputs = data_files(wildcards.dataset)
-    epoch = int(wildcards.epoch)
-    if epoch == 0:
-        inputs["weights"] = f"results/weights/{wildcards.model}.pt"
-    else:
-        inputs["previous"] = checkpoint_file(wildcards.model, wildcards.dataset, epoch - 1)
-    return inputs
 
 
 rule finetune_epoch:
@@ -42,11 +28,10 @@ rule finetune_epoch:
     output:
         checkpoint="results/checkpoints/{model}/{dataset}/epoch_{epoch}.pt",
         metrics="results/checkpoints/{model}/{dataset}/epoch_{epoch}.json",
-    params:
-        arch=lambda w: config["models"][w.model]["arch"],
-        width=model_width,
-        training=training_params,
-        device=config["device"],
+    log:
+        "results/logs/finetune_epoch/{model}/{dataset}/epoch_{epoch}.log",
+    conda:
+        "../../envs/featdyn.yaml"
     # On a GPU: one thread launches kernels, the others gather batches from the cache. On a CPU
     # every thread computes. Host memory: the checkpoint in and out (VGG19 with Adam: 1.7 GB each)
     # plus torch and the CUDA context; a retry gets more.
@@ -54,9 +39,10 @@ rule finetune_epoch:
     resources:
         mem_mb=lambda w, attempt: 12000 * attempt,
         gpu=1,
-    log:
-        "results/logs/finetune_epoch/{model}/{dataset}/epoch_{epoch}.log",
-    conda:
-        "../../envs/featdyn.yaml"
+    params:
+        arch=lambda w: config["models"][w.model]["arch"],
+        width=model_width,
+        training=training_params,
+        device=config["device"],
     script:
         "../scripts/finetune_epoch.py"

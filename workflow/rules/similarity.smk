@@ -3,12 +3,6 @@
 # one metric reruns only that metric and what reads it. Filter-granularity metrics compare the
 # stores' maps directly, one GPU job per (metric, model, dataset, epoch).
 
-FILTER_METRICS = [m for m in METRICS if fdconfig.metric_params(config, m)["granularity"] == "filter"]
-
-
-def filter_table(metric, model, dataset, epoch):
-    return f"results/filters/{metric}/{model}/{dataset}/epoch_{epoch}.csv"
-
 
 rule source_stats:
     input:
@@ -16,16 +10,16 @@ rule source_stats:
         summary=lambda w: data_files(w.dataset)["summary"],
     output:
         "results/stats/{model}/{dataset}/source.npz",
-    params:
-        device=config["device"],
-    threads: 2
-    resources:
-        mem_mb=4000,
-        gpu=1,
     log:
         "results/logs/source_stats/{model}/{dataset}.log",
     conda:
         "../../envs/featdyn.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        gpu=1,
+    params:
+        device=config["device"],
     script:
         "../scripts/source_stats.py"
 
@@ -38,16 +32,16 @@ rule layer_stats:
         summary=lambda w: data_files(w.dataset)["summary"],
     output:
         "results/stats/{model}/{dataset}/epoch_{epoch}.npz",
-    params:
-        device=config["device"],
-    threads: 2
-    resources:
-        mem_mb=4000,
-        gpu=1,
     log:
         "results/logs/layer_stats/{model}/{dataset}/epoch_{epoch}.log",
     conda:
         "../../envs/featdyn.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        gpu=1,
+    params:
+        device=config["device"],
     script:
         "../scripts/layer_stats.py"
 
@@ -59,31 +53,21 @@ rule filter_scores:
         summary=lambda w: data_files(w.dataset)["summary"],
     output:
         filter_table("{metric}", "{model}", "{dataset}", "{epoch}"),
-    params:
-        metric=metric_block,
-        device=config["device"],
+    log:
+        "results/logs/filter_scores/{metric}/{model}/{dataset}/epoch_{epoch}.log",
     wildcard_constraints:
         metric="|".join(FILTER_METRICS) or "(?!)",
+    conda:
+        "../../envs/featdyn.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         gpu=1,
-    log:
-        "results/logs/filter_scores/{metric}/{model}/{dataset}/epoch_{epoch}.log",
-    conda:
-        "../../envs/featdyn.yaml"
+    params:
+        metric=metric_block,
+        device=config["device"],
     script:
         "../scripts/filter_scores.py"
-
-
-def score_inputs(wildcards):
-    epochs = analysed_epochs(wildcards.model, wildcards.dataset)
-    if wildcards.metric in FILTER_METRICS:
-        return {"epochs": [filter_table(wildcards.metric, wildcards.model, wildcards.dataset, e) for e in epochs]}
-    return {
-        "source": f"results/stats/{wildcards.model}/{wildcards.dataset}/source.npz",
-        "epochs": [f"results/stats/{wildcards.model}/{wildcards.dataset}/epoch_{e}.npz" for e in epochs],
-    }
 
 
 rule score:
@@ -91,16 +75,16 @@ rule score:
         unpack(score_inputs),
     output:
         "results/scores/{metric}/{model}/{dataset}.csv",
-    params:
-        metric=metric_block,
-        epochs=lambda w: analysed_epochs(w.model, w.dataset),
-        device=config["device"],
-    threads: 2
-    resources:
-        mem_mb=4000,
     log:
         "results/logs/score/{metric}/{model}/{dataset}.log",
     conda:
         "../../envs/featdyn.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    params:
+        metric=metric_block,
+        epochs=lambda w: analysed_epochs(w.model, w.dataset),
+        device=config["device"],
     script:
         "../scripts/score.py"

@@ -3,26 +3,19 @@
 
 rule table1:
     input:
-        [
-            f"results/checkpoints/{m}/{d}/epoch_{e}.json"
-            for m, d in RUNS
-            for e in range(final_epoch(m, d) + 1)
-        ],
+        [f"results/checkpoints/{m}/{d}/epoch_{e}.json" for m, d in RUNS for e in range(final_epoch(m, d) + 1)],
     output:
         csv=report("results/tables/table1_accuracy.csv", caption="../report/table1.rst", category="Tables"),
         md="results/tables/table1_accuracy.md",
-    params:
-        models=MODELS,
-        datasets=DATASETS,
     log:
         "results/logs/tables/table1.log",
     conda:
         "../../envs/featdyn.yaml"
+    params:
+        models=MODELS,
+        datasets=DATASETS,
     script:
         "../scripts/table1.py"
-
-
-ALL_SCORES = [f"results/scores/{s}/{m}/{d}.csv" for s in METRICS for m, d in RUNS]
 
 
 rule table2:
@@ -31,22 +24,16 @@ rule table2:
     output:
         csv=report("results/tables/table2_reusability.csv", caption="../report/table2.rst", category="Tables"),
         md="results/tables/table2_reusability.md",
-    params:
-        models=MODELS,
-        datasets=DATASETS,
-        metrics=METRICS,
     log:
         "results/logs/tables/table2.log",
     conda:
         "../../envs/featdyn.yaml"
+    params:
+        models=MODELS,
+        datasets=DATASETS,
+        metrics=METRICS,
     script:
         "../scripts/table2.py"
-
-
-# Reading (b) of the correlation (across filters) needs the per-filter tables of two filter metrics.
-FILTER_TABLES = [
-    filter_table(s, m, d, e) for s in FILTER_METRICS for m, d in RUNS for e in analysed_epochs(m, d)
-] if len(FILTER_METRICS) >= 2 else []
 
 
 rule metric_correlation:
