@@ -1,13 +1,16 @@
-"""Shared fixtures: generated image trees, an offline torch cache, the repository paths."""
+"""Shared fixtures: generated image trees, an offline torch cache, the repository paths, and the
+workflow helpers (real Snakemake on a tiny config; one complete tiny run shared by the session)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,3 +56,56 @@ def offline_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ.pop("TORCH_HOME", None)
     else:
         os.environ["TORCH_HOME"] = old
+
+
+# -- workflow helpers -----------------------------------------------------------------------------
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def tiny_config(tmp: Path, **over) -> Path:
+    make_tree(tmp / "data" / "colours", classes=2, per_class=12, size=20)
+    cfg = {
+        "seed": 0, "image_size": 32, "device": "cpu",
+        "models": {"mnet": {"arch": "mobilenet_v2", "weights": "IMAGENET1K_V1",
+                            "layers": ["features.1", "features.3"]}},
+        "datasets": {"colours": {"path": "data/colours"}},
+        "split": {"test_fraction": 0.25, "seed": 0},
+        "probe": {"per_class": 3, "seed": 0},
+        "training": {"epochs": 2, "batch_size": 8, "lr": 1e-3},
+        "extraction": {"batch_size": 4},
+        "metrics": {"procrustes": {"kind": "procrustes"}, "pwsm": {"kind": "pwsm", "alpha": 0.5},
+                    "procrustes_f": {"kind": "procrustes", "granularity": "filter"},
+                    "cka_f": {"kind": "cka", "granularity": "filter"}},
+    }
+    cfg.update(over)
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def job_counts(dry_run_stdout: str) -> dict[str, int]:
+    """{rule: jobs} from the job table of `snakemake -n --quiet rules`."""
+    counts = {}
+    for line in dry_run_stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, offline_torch_home: Path) -> Path:
+    """One complete run of the workflow on :func:`tiny_config`, shared by every test of the session
+    (about a minute on 2 cores). Read it; to change or rerun anything, work on a copy
+    (``shutil.copytree(tiny_run, dst, symlinks=True)`` keeps the mtimes Snakemake compares)."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    cfg = tiny_config(workdir)
+    snakemake(workdir, "--configfile", str(cfg), "--cores", "2")
+    return workdir

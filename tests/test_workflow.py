@@ -2,57 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
+import shutil
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, VENV_BIN, make_tree
+from conftest import REPO, job_counts, snakemake, tiny_config
 
 pytestmark = pytest.mark.workflow
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def tiny_config(tmp: Path, **over) -> Path:
-    make_tree(tmp / "data" / "colours", classes=2, per_class=12, size=20)
-    cfg = {
-        "seed": 0, "image_size": 32, "device": "cpu",
-        "models": {"mnet": {"arch": "mobilenet_v2", "weights": "IMAGENET1K_V1",
-                            "layers": ["features.1", "features.3"]}},
-        "datasets": {"colours": {"path": "data/colours"}},
-        "split": {"test_fraction": 0.25, "seed": 0},
-        "probe": {"per_class": 3, "seed": 0},
-        "training": {"epochs": 2, "batch_size": 8, "lr": 1e-3},
-        "extraction": {"batch_size": 4},
-        "metrics": {"procrustes": {"kind": "procrustes"}, "pwsm": {"kind": "pwsm", "alpha": 0.5},
-                    "procrustes_f": {"kind": "procrustes", "granularity": "filter"},
-                    "cka_f": {"kind": "cka", "granularity": "filter"}},
-    }
-    cfg.update(over)
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def job_counts(dry_run_stdout: str) -> dict[str, int]:
-    """{rule: jobs} from the job table of `snakemake -n --quiet rules`."""
-    counts = {}
-    for line in dry_run_stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def test_demo_dry_run_lists_every_stage():
@@ -64,9 +22,9 @@ def test_demo_dry_run_lists_every_stage():
         assert rule in out, f"rule {rule} missing from the demo DAG:\n{out}"
 
 
-def test_tiny_pipeline_end_to_end(tmp_path):
-    cfg = tiny_config(tmp_path)
-    snakemake(tmp_path, "--configfile", str(cfg), "--cores", "2")
+def test_tiny_pipeline_end_to_end(tiny_run, tmp_path):
+    # the shared complete run, copied: the dry runs below must not touch it
+    shutil.copytree(tiny_run, tmp_path, symlinks=True, dirs_exist_ok=True)
     t1 = pd.read_csv(tmp_path / "results/tables/table1_accuracy.csv")
     assert list(t1["epoch"]) == [0, 1, 2]
     assert t1[["train_acc", "test_acc"]].apply(lambda s: s.between(0, 100)).all().all()
