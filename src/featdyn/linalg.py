@@ -8,7 +8,9 @@ cuSOLVER's batched eigensolver fails on very large batches (65,536 matrices of 1
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -22,6 +24,19 @@ EIG_RCOND = 1e-5
 
 # Matrices per call of a batched decomposition (cuSOLVER fails on 65,536 at once).
 MAX_BATCH = 4096
+
+# Error model of sqrt(eigvalsh(M^T M)) used by :func:`eig_nuclear_norms`: every eigenvalue of
+# the computed Gram matrix is taken to be off by up to EIG_ERROR * sqrt(k) * eps * lambda_max
+# (k x k Gram). Measured on random, low-rank, graded (sigma down to 1e-10 sigma_max), smooth and
+# real ReLU maps (MobileNetV2 on photographs), the true errors stayed below 0.8 eps * lambda_max
+# per eigenvalue, so this is a margin of ~20x at k = 14 and ~70x at k = 223.
+EIG_ERROR = 4.0
+
+# A sum of square roots whose estimated error exceeds this is recomputed with svdvals.
+EIG_BUDGET = 1e-11
+
+# Square matrices up to this size are decomposed on one thread (see :func:`lapack_threads`).
+SMALL_LAPACK = 1024
 
 
 def resolve_device(device: torch.device | str | None = None, like: object = None) -> torch.device:
@@ -46,6 +61,84 @@ def chunked(fn: Callable[..., torch.Tensor], *batches: torch.Tensor, size: int =
     if n <= size:
         return fn(*batches)
     return torch.cat([fn(*(b[i:i + size] for b in batches)) for i in range(0, n, size)])
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch (OpenMP/MKL) threads, then restore the previous count."""
+    old = torch.get_num_threads()
+    n = max(1, int(n))
+    if n != old:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != old:
+            torch.set_num_threads(old)
+
+
+@contextmanager
+def lapack_threads(size: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """One CPU thread for the decompositions of matrices up to :data:`SMALL_LAPACK` wide.
+
+    On a loaded machine MKL's OpenMP barrier makes every small call wait for a descheduled
+    thread: 512 x 512 decompositions measured 0.21-2.10 s with two threads against 0.29-0.36 s
+    with one. Small LAPACK calls gain little from a second thread even on an idle machine."""
+    if torch.device(device).type == "cpu" and size <= SMALL_LAPACK:
+        with torch_threads(1):
+            yield
+    else:
+        yield
+
+
+def cpu_workers() -> int:
+    """Worker threads for independent CPU decompositions: the torch thread count (the job's)."""
+    return max(1, torch.get_num_threads())
+
+
+def parallel_map(fn: Callable, items: Sequence, workers: int) -> list:
+    """``[fn(item) for item in items]`` on ``workers`` threads, each running torch on one thread.
+
+    Batched LAPACK calls on the CPU run their matrices one after the other on one core (MKL does
+    not parallelise a 224 x 224 eigensolver usefully); independent slices of the batch on
+    separate threads (torch releases the GIL) use every core and avoid MKL's OpenMP barrier."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    with torch_threads(1), ThreadPoolExecutor(min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def eig_nuclear_norms(m: torch.Tensor, rank: torch.Tensor | None = None,
+                      budget: float = EIG_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum sqrt(eigvalsh(M^T M)) of each matrix of a batch ``m`` (B, p, q), float64, and whether
+    it is accurate: (values, ok), ok False where the estimated error exceeds ``budget``.
+
+    An eigenvalue lambda of the computed Gram matrix is off by up to
+    delta = EIG_ERROR sqrt(k) eps lambda_max, so its square root by delta / (2 sqrt(lambda)) (at
+    most sqrt(delta), for a lambda near 0): fine for the large singular values, hopeless for the
+    small ones (1e-8 sigma_max each when sigma = 0). ``rank`` (B,), upper bounds of the ranks
+    known from the structure of the data, marks the smallest k - rank eigenvalues as exact zeros:
+    they count as 0, with no error."""
+    m = m.to(torch.float64)
+    gram = m.mT @ m if m.shape[-1] <= m.shape[-2] else m @ m.mT
+    lam = torch.linalg.eigvalsh(gram)
+    k = lam.shape[-1]
+    lmax = lam[..., -1:].clamp_min(0)
+    if rank is not None:
+        zero = torch.arange(k, device=lam.device) < (k - rank.to(lam.device).clamp(0, k))[..., None]
+        lam = lam.masked_fill(zero, 0.0)
+    else:
+        zero = torch.zeros_like(lam, dtype=torch.bool)
+    delta = EIG_ERROR * math.sqrt(k) * torch.finfo(torch.float64).eps * lmax
+    root = lam.clamp_min(0).sqrt()
+    err = torch.minimum(delta / (2 * root).clamp_min(torch.finfo(torch.float64).tiny), delta.sqrt())
+    err = err.masked_fill(zero, 0.0).sum(-1)
+    return root.sum(-1), err <= budget
+
+
+def svd_nuclear_norms(m: torch.Tensor) -> torch.Tensor:
+    """Sum of LAPACK's (cuSOLVER's) singular values of each matrix of ``m`` (B, p, q), in chunks."""
+    return chunked(lambda b: torch.linalg.svdvals(b).sum(-1), m.to(torch.float64))
 
 
 def _nuclear_norm_eig(m: torch.Tensor, rcond: float) -> torch.Tensor:

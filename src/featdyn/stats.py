@@ -29,6 +29,11 @@ from .linalg import as_tensor
 # float64 matmul units busy (256 MiB).
 BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
 
+# Column panel of the Gram products. X^T X is symmetric: only the panels on and right of the
+# diagonal are multiplied, (k + 1) / 2k of the full product for k panels (9/16 for C = 512 on a
+# CPU), and the lower triangle is mirrored when the statistics are read.
+GRAM_PANEL = {"cpu": 64, "cuda": 256}
+
 
 @dataclass
 class SideStats:
@@ -77,11 +82,27 @@ def rows_of(maps: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
-def _block(t: torch.Tensor, start: int, step: int, device: torch.device) -> torch.Tensor:
-    """Rows [start, start + step) of ``t`` as a fresh float64 tensor on ``device`` (a copy, so
-    that shifting it in place never touches the caller's data)."""
+def _block(t: torch.Tensor, start: int, step: int, device: torch.device,
+           shift: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows [start, start + step) of ``t`` as a fresh float64 tensor on ``device``, minus ``shift``
+    (widened and shifted in one pass; a fresh tensor, so the caller's data is never touched)."""
     # move first, then widen: half the host-to-device traffic for float32 activations
-    return t[start:start + step].to(device).to(torch.float64, copy=True)
+    rows = t[start:start + step].to(device)
+    if shift is None:
+        return rows.to(torch.float64, copy=True)
+    return torch.sub(rows, shift, out=torch.empty(rows.shape, dtype=torch.float64, device=device))
+
+
+def _add_gram_upper(acc: torch.Tensor, b: torch.Tensor, panel: int) -> None:
+    """acc += b^T b on and above the diagonal panels only (one matmul per panel of rows of acc)."""
+    c = b.shape[1]
+    for i in range(0, c, panel):
+        acc[i:i + panel, i:].addmm_(b[:, i:i + panel].mT, b[:, i:])
+
+
+def _mirror_upper(acc: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose upper triangle is that of ``acc``."""
+    return acc.triu() + acc.triu(1).mT
 
 
 class Accumulator:
@@ -89,6 +110,11 @@ class Accumulator:
 
     ``x_shift`` pins the X-side shift (to share the source statistics across epochs); by default
     each side's shift is the column mean of its first block.
+
+    Internals: ``xx`` and ``yy`` accumulate only the upper triangle (the diagonal panels and the
+    panels right of them, see :data:`GRAM_PANEL`); :meth:`side` and :meth:`pair` mirror it. The
+    whole cost is then the products the statistics need, X^T Y and half of X^T X and Y^T Y, plus
+    one pass that widens and shifts each block.
     """
 
     def __init__(self, device: torch.device | str = "cpu", x_shift: torch.Tensor | None = None,
@@ -109,43 +135,46 @@ class Accumulator:
         budget = BLOCK_ELEMENTS.get(self.device.type, BLOCK_ELEMENTS["cpu"])
         step = max(1, budget // max(x.shape[1], 1))
         for start in range(0, x.shape[0], step):
-            self._update_block(_block(x, start, step, self.device),
-                               _block(y, start, step, self.device) if y is not None else None)
+            xb = _block(x, start, step, self.device, self.x_shift)
+            yb = _block(y, start, step, self.device, self.y_shift) if y is not None else None
+            self._update_block(xb, yb)
 
     def _update_block(self, xb: torch.Tensor, yb: torch.Tensor | None) -> None:
+        """Add one float64 block; a side whose shift is already set arrives shifted (see :func:`_block`)."""
+        panel = GRAM_PANEL.get(self.device.type, GRAM_PANEL["cpu"])
         if self.x_shift is None:
             self.x_shift = xb.mean(0)
-        xb -= self.x_shift
+            xb -= self.x_shift
         if self.sx is None:
             c = xb.shape[1]
             self.sx = torch.zeros(c, dtype=torch.float64, device=self.device)
             self.xx = torch.zeros(c, c, dtype=torch.float64, device=self.device)
         self.sx += xb.sum(0)
         if self.x_gram:
-            self.xx += xb.mT @ xb
+            _add_gram_upper(self.xx, xb, panel)
         if yb is not None:
             if self.y_shift is None:
                 self.y_shift = yb.mean(0)
-            yb -= self.y_shift
+                yb -= self.y_shift
             if self.sy is None:
                 c = yb.shape[1]
                 self.sy = torch.zeros(c, dtype=torch.float64, device=self.device)
                 self.yy = torch.zeros(c, c, dtype=torch.float64, device=self.device)
                 self.xy = torch.zeros(self.xx.shape[0], c, dtype=torch.float64, device=self.device)
             self.sy += yb.sum(0)
-            self.yy += yb.mT @ yb
-            self.xy += xb.mT @ yb
+            _add_gram_upper(self.yy, yb, panel)
+            self.xy.addmm_(xb.mT, yb)
         self.n += xb.shape[0]
 
     def side(self) -> SideStats:
         if self.n == 0:
             raise FeatdynError("no rows were accumulated")
-        return SideStats(self.n, self.x_shift, self.sx, self.xx)
+        return SideStats(self.n, self.x_shift, self.sx, _mirror_upper(self.xx))
 
     def pair(self) -> PairStats:
         if self.xy is None:
             raise FeatdynError("no Y rows were accumulated")
-        return PairStats(self.side(), SideStats(self.n, self.y_shift, self.sy, self.yy), self.xy)
+        return PairStats(self.side(), SideStats(self.n, self.y_shift, self.sy, _mirror_upper(self.yy)), self.xy)
 
 
 def pair_stats(x, y, device: torch.device | str = "cpu") -> PairStats:
