@@ -160,11 +160,12 @@ def nuclear_norm(m: torch.Tensor, rcond: float = EIG_RCOND) -> torch.Tensor:
     not (lambda_min / lambda_max < ``rcond``). Batches run in chunks of :data:`MAX_BATCH`.
     """
     m = m.to(torch.float64)
-    if m.ndim == 2:
-        return _nuclear_norm_eig(m[None], rcond)[0]
-    lead = m.shape[:-2]
-    flat = m.reshape(-1, *m.shape[-2:])
-    return chunked(lambda b: _nuclear_norm_eig(b, rcond), flat).reshape(lead)
+    with lapack_threads(max(m.shape[-2:]), m.device):
+        if m.ndim == 2:
+            return _nuclear_norm_eig(m[None], rcond)[0]
+        lead = m.shape[:-2]
+        flat = m.reshape(-1, *m.shape[-2:])
+        return chunked(lambda b: _nuclear_norm_eig(b, rcond), flat).reshape(lead)
 
 
 def polar_schedule(size: int, tol: float) -> list[float]:
@@ -213,5 +214,7 @@ def polar_nuclear_norm(m: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
 
 
 def sym_eigh(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigen-decomposition of a symmetric matrix, symmetrised first against rounding drift."""
-    return torch.linalg.eigh(0.5 * (c + c.mT))
+    """Eigen-decomposition of a symmetric matrix, symmetrised first against rounding drift (on one
+    thread up to :data:`SMALL_LAPACK` wide, see :func:`lapack_threads`)."""
+    with lapack_threads(c.shape[-1], c.device):
+        return torch.linalg.eigh(0.5 * (c + c.mT))

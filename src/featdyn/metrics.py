@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import FeatdynError
-from .linalg import nuclear_norm, resolve_device, sym_eigh
+from .linalg import lapack_threads, nuclear_norm, resolve_device, sym_eigh
 from .stats import PairStats, pair_stats
 
 # Eigenvalues of a scatter matrix below this fraction of the largest are numerical zeros
@@ -201,7 +201,10 @@ def check_params(name: str, params: dict) -> dict:
 
 def from_stats(name: str, stats: PairStats, **params) -> float:
     """The distance ``name`` from precomputed :class:`PairStats`."""
-    return info(name).fn(stats, **check_params(name, params))
+    fn, params = info(name).fn, check_params(name, params)
+    # a few C x C decompositions and products: one thread keeps them steady on a loaded machine
+    with lapack_threads(max(stats.xy.shape), stats.xy.device):
+        return fn(stats, **params)
 
 
 def _check_2d(x, y) -> None:
