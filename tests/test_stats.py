@@ -51,6 +51,34 @@ def test_small_blocks_are_used_and_give_the_same_result(monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-11)
 
 
+@pytest.mark.parametrize("panel", [None, 2, 5])
+def test_triangle_panels_give_the_full_symmetric_products(monkeypatch, panel):
+    """Only the Gram panels on and above the diagonal are multiplied; what is read back is the
+    full, exactly symmetric matrix, equal to the direct products, streamed or in one shot, for
+    both sides and for a side alone. C = 300 spans three 128-wide panels (the last one short);
+    panels of 2 and 5 columns on C = 13 split every block of the upper triangle."""
+    st = __import__("featdyn.stats").stats
+    c = 300 if panel is None else 13
+    if panel is not None:
+        monkeypatch.setitem(st.GRAM_PANEL, "cpu", panel)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((500, c)).astype(np.float32) + 3.0
+    y = (x @ rng.standard_normal((c, c)).astype(np.float32) / np.sqrt(c)).astype(np.float32)
+    whole = pair_stats(x, y)
+    acc = Accumulator("cpu")
+    for a, b in split_points(500, [123, 377]):
+        acc.update(x[a:b], y[a:b])
+    side = Accumulator("cpu")
+    side.update(x)
+    xc, yc = centred(x.astype(np.float64)), centred(y.astype(np.float64))
+    for stats in (whole, acc.pair()):
+        assert torch.equal(stats.x.gram, stats.x.gram.mT) and torch.equal(stats.y.gram, stats.y.gram.mT)
+        for got, want in zip(stats.centered(), (xc.T @ xc, yc.T @ yc, xc.T @ yc)):
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(side.side().centered().numpy(), xc.T @ xc, rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(side.side().gram, whole.x.gram, rtol=1e-12, atol=1e-9)
+
+
 def test_inputs_are_not_modified_in_place():
     x, y = make_pair("random", 50, 4, 0.5, np.random.default_rng(2))
     x0, y0 = x.copy(), y.copy()
