@@ -176,6 +176,13 @@ def map_distances(kind: str, a, b, method: str = "auto", device: torch.device | 
     'polar' (Newton-Schulz), 'auto' (polar on CUDA; on the CPU 'eig' if it passes for at least
     :data:`EIG_PASS_RATE` of the first :data:`PROBE_PAIRS` pairs, else 'svd'). On the CPU the
     chunks run on all torch threads at once, one thread each."""
+    values, valid, _ = _map_distances(kind, a, b, method, device)
+    return values, valid
+
+
+def _map_distances(kind: str, a, b, method: str, device: torch.device | str | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """:func:`map_distances`, and the method it used for the pairs after the probe."""
     check_kind(kind, method)
     ta, tb = torch.as_tensor(a), torch.as_tensor(b)
     if ta.shape != tb.shape or ta.ndim < 2:
@@ -209,8 +216,8 @@ def map_distances(kind: str, a, b, method: str = "auto", device: torch.device | 
         chunks = chunks[len(probe):]
     done += parallel_map(lambda c: run(c, method), chunks, workers)
     if not done:
-        return torch.zeros(lead, dtype=torch.float64), torch.zeros(lead, dtype=torch.bool)
-    return torch.cat([d[0] for d in done]).reshape(lead), torch.cat([d[1] for d in done]).reshape(lead)
+        return torch.zeros(lead, dtype=torch.float64), torch.zeros(lead, dtype=torch.bool), method
+    return torch.cat([d[0] for d in done]).reshape(lead), torch.cat([d[1] for d in done]).reshape(lead), method
 
 
 @dataclass
@@ -247,11 +254,15 @@ class FilterScores:
 
 
 class FilterAccumulator:
-    """Feed (image batch of the source, of the fine-tuned model, labels); read :class:`FilterScores`."""
+    """Feed (image batch of the source, of the fine-tuned model, labels); read :class:`FilterScores`.
+
+    With ``method`` 'auto' the first batch's probe (see :func:`map_distances`) settles the path
+    for the following batches of the layer."""
 
     def __init__(self, kind: str, method: str = "auto", device: torch.device | str | None = None) -> None:
         check_kind(kind, method)
         self.kind, self.method, self.device = kind, method, device
+        self._method = method
         self._sums: dict[int, np.ndarray] = {}
         self._counts: dict[int, np.ndarray] = {}
         self._skipped: dict[int, np.ndarray] = {}
@@ -262,7 +273,7 @@ class FilterAccumulator:
         if getattr(x, "ndim", 0) != 4 or len(labels) != x.shape[0]:
             raise FeatdynError(f"expected (B, C, H, W) maps with B = {len(labels)} labels, got shape "
                                f"{tuple(getattr(x, 'shape', ()))}")
-        values, valid = map_distances(self.kind, x, y, self.method, self.device)
+        values, valid, self._method = _map_distances(self.kind, x, y, self._method, self.device)
         values, valid = values.numpy(), valid.numpy()
         for label in np.unique(labels):
             rows = labels == label
