@@ -104,7 +104,7 @@ def _rank_bound(a: torch.Tensor, b: torch.Tensor, ac: torch.Tensor, bc: torch.Te
     return torch.minimum(rows, cols)
 
 
-def _nuclear(m: torch.Tensor, rank: torch.Tensor, method: str) -> tuple[torch.Tensor, int]:
+def _nuclear(m: torch.Tensor, rank: torch.Tensor | None, method: str) -> tuple[torch.Tensor, int]:
     """Nuclear norms of the deflated products and how many passed the eigen path's check."""
     if m.shape[0] == 0 or m.shape[-1] == 0:
         return torch.zeros(m.shape[0], dtype=torch.float64, device=m.device), m.shape[0]
@@ -123,7 +123,7 @@ def _procrustes(a: torch.Tensor, b: torch.Tensor, method: str) -> tuple[torch.Te
     ar, br = _centre_rows(a), _centre_rows(b)
     dead = _dead(ar, a) | _dead(br, b)
     m = _deflate(_unit(ar, dead)).mT @ _deflate(_unit(br, dead))
-    nuc, passed = _nuclear(m, _rank_bound(a, b, ar, br), method)
+    nuc, passed = _nuclear(m, _rank_bound(a, b, ar, br) if method == "eig" else None, method)
     values = (1.0 - nuc).clamp(0.0, 1.0)
     return torch.where(dead, torch.zeros_like(values), values), ~dead, passed
 
