@@ -51,16 +51,22 @@ def test_small_blocks_are_used_and_give_the_same_result(monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-11)
 
 
+@pytest.mark.parametrize("syrk", [True, False])
 @pytest.mark.parametrize("panel", [None, 2, 5])
-def test_triangle_panels_give_the_full_symmetric_products(monkeypatch, panel):
-    """Only the Gram panels on and above the diagonal are multiplied; what is read back is the
-    full, exactly symmetric matrix, equal to the direct products, streamed or in one shot, for
-    both sides and for a side alone. C = 300 spans three 128-wide panels (the last one short);
-    panels of 2 and 5 columns on C = 13 split every block of the upper triangle."""
+def test_gram_products_give_the_full_symmetric_statistics(monkeypatch, panel, syrk):
+    """The CPU's task split (numpy syrk for the Grams, X^T Y in column slices, on two threads)
+    and the torch path (GPUs; CPUs without threadpoolctl) that multiplies only the Gram panels on
+    and above the diagonal: what is read back is the full, exactly symmetric matrix, equal to the
+    direct products, streamed or in one shot, for both sides and for a side alone. C = 300 spans
+    three 128-wide panels (the last one short); panels of 2 and 5 columns on C = 13 split every
+    block of the upper triangle, and X^T Y's slices of 4 columns leave a short last one."""
     st = __import__("featdyn.stats").stats
     c = 300 if panel is None else 13
     if panel is not None:
         monkeypatch.setitem(st.GRAM_PANEL, "cpu", panel)
+    if not syrk:
+        monkeypatch.setattr(st, "threadpool_limits", None)
+    monkeypatch.setattr(st, "cpu_workers", lambda: 2)  # the task split on two threads, whatever the machine
     rng = np.random.default_rng(7)
     x = rng.standard_normal((500, c)).astype(np.float32) + 3.0
     y = (x @ rng.standard_normal((c, c)).astype(np.float32) / np.sqrt(c)).astype(np.float32)
