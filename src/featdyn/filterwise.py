@@ -104,28 +104,29 @@ def _rank_bound(a: torch.Tensor, b: torch.Tensor, ac: torch.Tensor, bc: torch.Te
     return torch.minimum(rows, cols)
 
 
-def _nuclear(m: torch.Tensor, rank: torch.Tensor | None, method: str) -> tuple[torch.Tensor, int]:
-    """Nuclear norms of the deflated products and how many passed the eigen path's check."""
+def _nuclear(m: torch.Tensor, rank: torch.Tensor | None, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nuclear norms of the deflated products, and where the eigen path's check passed."""
+    passed = torch.zeros(m.shape[0], dtype=torch.bool, device=m.device)
     if m.shape[0] == 0 or m.shape[-1] == 0:
-        return torch.zeros(m.shape[0], dtype=torch.float64, device=m.device), m.shape[0]
+        return torch.zeros(m.shape[0], dtype=torch.float64, device=m.device), ~passed
     if method == "polar":
-        return polar_nuclear_norm(m, POLAR_TOL), 0
+        return polar_nuclear_norm(m, POLAR_TOL), passed
     if method == "svd":
-        return svd_nuclear_norms(m), 0
+        return svd_nuclear_norms(m), passed
     values, ok = eig_nuclear_norms(m, rank)
     if not bool(ok.all()):
-        bad = ~ok
-        values[bad] = svd_nuclear_norms(m[bad])
-    return values, int(ok.sum())
+        values[~ok] = svd_nuclear_norms(m[~ok])
+    return values, ok
 
 
 def _procrustes(a: torch.Tensor, b: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(values, valid, the number of valid pairs that passed the eigen path's check)."""
     ar, br = _centre_rows(a), _centre_rows(b)
     dead = _dead(ar, a) | _dead(br, b)
     m = _deflate(_unit(ar, dead)).mT @ _deflate(_unit(br, dead))
     nuc, passed = _nuclear(m, _rank_bound(a, b, ar, br) if method == "eig" else None, method)
     values = (1.0 - nuc).clamp(0.0, 1.0)
-    return torch.where(dead, torch.zeros_like(values), values), ~dead, passed
+    return torch.where(dead, torch.zeros_like(values), values), ~dead, int((passed & ~dead).sum())
 
 
 def procrustes_maps(a: torch.Tensor, b: torch.Tensor, method: str = "eig") -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,8 +213,8 @@ def _map_distances(kind: str, a, b, method: str, device: torch.device | str | No
         # probe the eigen path on the first chunks, then keep it or switch to svdvals
         probe = chunks[:max(workers, -(-PROBE_PAIRS // step))]
         done = parallel_map(lambda c: run(c, "eig"), probe, workers)
-        tried = sum(c[1] - c[0] for c in probe)
-        method = "eig" if kind != "procrustes" or sum(d[2] for d in done) >= EIG_PASS_RATE * tried else "svd"
+        live = sum(int(d[1].sum()) for d in done)
+        method = "eig" if kind != "procrustes" or sum(d[2] for d in done) >= EIG_PASS_RATE * live else "svd"
         chunks = chunks[len(probe):]
     done += parallel_map(lambda c: run(c, method), chunks, workers)
     if not done:
