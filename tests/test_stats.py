@@ -54,12 +54,12 @@ def test_small_blocks_are_used_and_give_the_same_result(monkeypatch):
 @pytest.mark.parametrize("syrk", [True, False])
 @pytest.mark.parametrize("panel", [None, 2, 5])
 def test_gram_products_give_the_full_symmetric_statistics(monkeypatch, panel, syrk):
-    """The CPU's task split (numpy syrk for the Grams, X^T Y in column slices, on two threads)
+    """The CPU's split (each block's rows in two parts on two threads, numpy syrk for the Grams)
     and the torch path (GPUs; CPUs without threadpoolctl) that multiplies only the Gram panels on
     and above the diagonal: what is read back is the full, exactly symmetric matrix, equal to the
     direct products, streamed or in one shot, for both sides and for a side alone. C = 300 spans
     three 128-wide panels (the last one short); panels of 2 and 5 columns on C = 13 split every
-    block of the upper triangle, and X^T Y's slices of 4 columns leave a short last one."""
+    block of the upper triangle."""
     st = __import__("featdyn.stats").stats
     c = 300 if panel is None else 13
     if panel is not None:

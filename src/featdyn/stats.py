@@ -36,14 +36,10 @@ BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
 
 # X^T X is symmetric: a Gram product needs half the work of a general one. On a CPU numpy's
 # BLAS does that (it sends B^T B to syrk: 0.46 of MKL's general product here, against 0.70 for
-# torch matmuls over panels); on a GPU (and without threadpoolctl) torch multiplies only the
-# column panels on and right of the diagonal, (k + 1) / 2k of the full product for k panels, and
-# the lower triangle is mirrored when the statistics are read.
+# torch matmuls over panels, and its X^T Y took 0.85 of MKL's); on a GPU (and without
+# threadpoolctl) torch multiplies only the column panels on and right of the diagonal, (k + 1) / 2k
+# of the full product for k panels, and the lower triangle is mirrored when the statistics are read.
 GRAM_PANEL = {"cpu": 128, "cuda": 256}
-
-# X^T Y is split into this many column slices, so that the products of a block (the Gram
-# matrices and the slices) spread evenly over the CPU threads, each on one core.
-CROSS_SLICES = 4
 
 
 @dataclass
@@ -111,11 +107,13 @@ def _add_gram_upper(acc: torch.Tensor, b: torch.Tensor, panel: int) -> None:
         acc[i:i + panel, i:].addmm_(b[:, i:i + panel].mT, b[:, i:])
 
 
-def _add_gram_syrk(acc: torch.Tensor, b: torch.Tensor) -> None:
-    """acc += b^T b through numpy (CPU tensors share their memory with the arrays): numpy's
-    matmul of an array with its own transpose is a BLAS syrk, half the work of a general product."""
-    bn = b.numpy()
-    np.add(acc.numpy(), bn.T @ bn, out=acc.numpy())
+def _cpu_products(xb: torch.Tensor, yb: torch.Tensor | None, x_gram: bool) -> tuple:
+    """(X^T X, Y^T Y, X^T Y) of rows of a block through numpy (CPU tensors share their memory
+    with the arrays; None for a product not wanted): numpy sends B^T B to BLAS syrk."""
+    xn = xb.numpy()
+    yn = yb.numpy() if yb is not None else None
+    return (xn.T @ xn if x_gram else None, yn.T @ yn if yn is not None else None,
+            xn.T @ yn if yn is not None else None)
 
 
 def _mirror_upper(acc: torch.Tensor) -> torch.Tensor:
@@ -189,20 +187,20 @@ class Accumulator:
         self.n += xb.shape[0]
 
     def _products_cpu(self, xb: torch.Tensor, yb: torch.Tensor | None) -> None:
-        """The block's products as independent tasks (Grams by syrk, X^T Y in column slices) on
-        all torch threads, each task on one core: no OpenMP barrier to wait at on a busy machine."""
-        tasks = []
-        if self.x_gram:
-            tasks.append(lambda: _add_gram_syrk(self.xx, xb))
-        if yb is not None:
-            tasks.append(lambda: _add_gram_syrk(self.yy, yb))
-            c = yb.shape[1]
-            step = max(1, -(-c // CROSS_SLICES))
-            tasks += [lambda lo=lo: self.xy[:, lo:lo + step].addmm_(xb.mT, yb[:, lo:lo + step])
-                      for lo in range(0, c, step)]
+        """The block's products, its rows split over all torch threads, each part's products on
+        one core (BLAS on one thread: no OpenMP barrier to wait at on a busy machine); the parts'
+        products are summed here."""
         workers = cpu_workers()
-        with threadpool_limits(1 if len(tasks) > 1 else workers, user_api="blas"):
-            parallel_map(lambda task: task(), tasks, workers)
+        rows = xb.shape[0]
+        step = -(-rows // workers)
+        parts = [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
+        with threadpool_limits(1 if len(parts) > 1 else workers, user_api="blas"):
+            done = parallel_map(lambda p: _cpu_products(xb[p[0]:p[1]], None if yb is None else yb[p[0]:p[1]],
+                                                        self.x_gram), parts, workers)
+        for acc, k in ((self.xx, 0), (self.yy, 1), (self.xy, 2)):
+            for products in done:
+                if products[k] is not None:
+                    np.add(acc.numpy(), products[k], out=acc.numpy())
 
     def side(self) -> SideStats:
         if self.n == 0:
