@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 from . import FeatdynError
-from .linalg import (cpu_workers, eig_nuclear_norms, parallel_map, polar_nuclear_norm, resolve_device,
-                     svd_nuclear_norms)
+from .linalg import (blas_threads, bmm, cpu_workers, eig_nuclear_norms, parallel_map, polar_nuclear_norm,
+                     resolve_device, svd_nuclear_norms)
 
 FILTER_KINDS = ("procrustes", "cka")
 METHODS = ("auto", "eig", "svd", "polar")
@@ -123,7 +123,7 @@ def _procrustes(a: torch.Tensor, b: torch.Tensor, method: str) -> tuple[torch.Te
     """(values, valid, the number of valid pairs that passed the eigen path's check)."""
     ar, br = _centre_rows(a), _centre_rows(b)
     dead = _dead(ar, a) | _dead(br, b)
-    m = _deflate(_unit(ar, dead)).mT @ _deflate(_unit(br, dead))
+    m = bmm(_deflate(_unit(ar, dead)).mT, _deflate(_unit(br, dead)))
     nuc, passed = _nuclear(m, _rank_bound(a, b, ar, br) if method == "eig" else None, method)
     values = (1.0 - nuc).clamp(0.0, 1.0)
     return torch.where(dead, torch.zeros_like(values), values), ~dead, int((passed & ~dead).sum())
@@ -209,14 +209,15 @@ def _map_distances(kind: str, a, b, method: str, device: torch.device | str | No
 
     workers = cpu_workers() if cpu else 1
     done: list[tuple[torch.Tensor, torch.Tensor, int]] = []
-    if method == "auto":
-        # probe the eigen path on the first chunks, then keep it or switch to svdvals
-        probe = chunks[:max(workers, -(-PROBE_PAIRS // step))]
-        done = parallel_map(lambda c: run(c, "eig"), probe, workers)
-        live = sum(int(d[1].sum()) for d in done)
-        method = "eig" if kind != "procrustes" or sum(d[2] for d in done) >= EIG_PASS_RATE * live else "svd"
-        chunks = chunks[len(probe):]
-    done += parallel_map(lambda c: run(c, method), chunks, workers)
+    with blas_threads(1):  # small decompositions: one BLAS thread each, the chunks in parallel
+        if method == "auto":
+            # probe the eigen path on the first chunks, then keep it or switch to svdvals
+            probe = chunks[:max(workers, -(-PROBE_PAIRS // step))]
+            done = parallel_map(lambda c: run(c, "eig"), probe, workers)
+            live = sum(int(d[1].sum()) for d in done)
+            method = "eig" if kind != "procrustes" or sum(d[2] for d in done) >= EIG_PASS_RATE * live else "svd"
+            chunks = chunks[len(probe):]
+        done += parallel_map(lambda c: run(c, method), chunks, workers)
     if not done:
         return torch.zeros(lead, dtype=torch.float64), torch.zeros(lead, dtype=torch.bool), method
     return torch.cat([d[0] for d in done]).reshape(lead), torch.cat([d[1] for d in done]).reshape(lead), method

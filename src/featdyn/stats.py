@@ -21,12 +21,7 @@ import torch
 
 from . import FeatdynError
 from .atomic import atomic_path
-from .linalg import as_tensor, cpu_workers, parallel_map
-
-try:  # numpy's BLAS threads; without threadpoolctl the CPU Grams use torch's panels instead
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover - threadpoolctl is pinned in requirements.txt
-    threadpool_limits = None
+from .linalg import as_tensor, blas_threads, cpu_workers, parallel_map, threadpool_limits
 
 # Elements per float64 block and side: bounds the working memory of one update. On a CPU 32 MiB
 # blocks (2 sides: 64 MiB, under the 82 MB of two 20,000 x 512 float32 inputs) keep the matmuls
@@ -194,7 +189,7 @@ class Accumulator:
         rows = xb.shape[0]
         step = -(-rows // workers)
         parts = [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
-        with threadpool_limits(1 if len(parts) > 1 else workers, user_api="blas"):
+        with blas_threads(1 if len(parts) > 1 else workers):
             done = parallel_map(lambda p: _cpu_products(xb[p[0]:p[1]], None if yb is None else yb[p[0]:p[1]],
                                                         self.x_gram), parts, workers)
         for acc, k in ((self.xx, 0), (self.yy, 1), (self.xy, 2)):
