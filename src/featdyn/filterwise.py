@@ -83,25 +83,45 @@ def _unit(maps: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
     return maps / torch.where(dead, torch.ones_like(norm), norm)[..., None, None]
 
 
-def _deflate(maps: torch.Tensor) -> torch.Tensor:
-    """Row-centred maps (..., H, W) -> (..., H, W - 1): the same rows in an orthonormal basis of
-    the complement of 1 (the Householder reflection I - v v^T / (W + sqrt W), v = 1 + sqrt(W) e_1,
-    sends 1 to -sqrt(W) e_1; the first coordinate, A 1 / sqrt(W) = 0, is dropped). O(H W), exact
-    up to rounding, and it removes the one singular value of A*^T B* that is always 0."""
+def _deflate_with_sums(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maps (..., H, W) of any float dtype -> float64 (..., H, W - 1): each row in an orthonormal
+    basis of the complement of 1, and the row sums (..., H, 1).
+
+    The Householder reflection I - v v^T / (W + sqrt W), v = 1 + sqrt(W) e_1, sends 1 to
+    -sqrt(W) e_1; dropping the first coordinate (A 1 / sqrt(W)) leaves the other W - 1, which are
+    orthogonal to 1: the row means vanish on the way, so the result is that of the row-centred map
+    A* (same Frobenius norm, and A'^T B' has the singular values of A*^T B* but the one that row
+    centring always makes 0). Two passes over the map, widening included."""
     w = maps.shape[-1]
     root = math.sqrt(w)
-    av = maps.sum(-1, keepdim=True) + root * maps[..., :1]
-    return maps[..., 1:] - av / (w + root)
+    sums = maps.sum(-1, keepdim=True, dtype=torch.float64)
+    shift = (sums + root * maps[..., :1].to(torch.float64)) / (w + root)
+    return maps[..., 1:] - shift, sums
 
 
-def _rank_bound(a: torch.Tensor, b: torch.Tensor, ac: torch.Tensor, bc: torch.Tensor) -> torch.Tensor:
-    """An upper bound of rank(A*^T B*) from the zero pattern: M = sum over rows h of a_h b_h^T
-    counts only rows non-zero in both centred maps, and the columns of A* lie in the span of the
-    raw map's non-zero columns. ReLU maps have many such rows and columns; exact zeros only."""
-    # abs().amax() > 0 rather than (!= 0).any(): the same test, 3x faster on float tensors
-    rows = ((ac.abs().amax(-1) > 0) & (bc.abs().amax(-1) > 0)).sum(-1)
+def _deflate(maps: torch.Tensor) -> torch.Tensor:
+    """The deflated maps of :func:`_deflate_with_sums`."""
+    return _deflate_with_sums(maps)[0]
+
+
+def _rank_bound(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """An upper bound of rank(A*^T B*) from the raw maps' zero pattern: M = sum over rows h of
+    a*_h b*_h^T counts only rows non-zero in both centred maps (a row is zero once centred exactly
+    when it is constant), and the columns of A* lie in the span of the raw map's non-zero columns.
+    ReLU maps have many such rows and columns; exact tests only."""
+    rows = ((a.amax(-1) > a.amin(-1)) & (b.amax(-1) > b.amin(-1))).sum(-1)
     cols = torch.minimum((a.abs().amax(-2) > 0).sum(-1), (b.abs().amax(-2) > 0).sum(-1))
     return torch.minimum(rows, cols)
+
+
+def _unit_deflated(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deflated maps over their norm (that of the row-centred map), and whether they are dead:
+    that norm at most DEAD_RTOL of the raw map's, ||A||^2 = ||A*||^2 + sum_h (row sum_h)^2 / W."""
+    d, sums = _deflate_with_sums(maps)
+    norm = torch.linalg.matrix_norm(d)
+    raw = (norm**2 + (sums**2).sum((-2, -1)) / maps.shape[-1]).sqrt()
+    dead = norm <= DEAD_RTOL * raw
+    return d / torch.where(dead, torch.ones_like(norm), norm)[..., None, None], dead
 
 
 def _nuclear(m: torch.Tensor, rank: torch.Tensor | None, method: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,11 +140,13 @@ def _nuclear(m: torch.Tensor, rank: torch.Tensor | None, method: str) -> tuple[t
 
 
 def _procrustes(a: torch.Tensor, b: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(values, valid, the number of valid pairs that passed the eigen path's check)."""
-    ar, br = _centre_rows(a), _centre_rows(b)
-    dead = _dead(ar, a) | _dead(br, b)
-    m = bmm(_deflate(_unit(ar, dead)).mT, _deflate(_unit(br, dead)))
-    nuc, passed = _nuclear(m, _rank_bound(a, b, ar, br) if method == "eig" else None, method)
+    """(values, valid, the number of valid pairs that passed the eigen path's check); maps of
+    any float dtype, computed in float64."""
+    ua, dead_a = _unit_deflated(a)
+    ub, dead_b = _unit_deflated(b)
+    dead = dead_a | dead_b
+    m = bmm(ua.mT, ub)
+    nuc, passed = _nuclear(m, _rank_bound(a, b) if method == "eig" else None, method)
     values = (1.0 - nuc).clamp(0.0, 1.0)
     return torch.where(dead, torch.zeros_like(values), values), ~dead, int((passed & ~dead).sum())
 
@@ -199,12 +221,11 @@ def _map_distances(kind: str, a, b, method: str, device: torch.device | str | No
     chunks = [(i, min(i + step, fa.shape[0])) for i in range(0, fa.shape[0], step)]
 
     def run(chunk: tuple[int, int], how: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-        ca = fa[chunk[0]:chunk[1]].to(dev).to(torch.float64)  # move, then widen on the device
-        cb = fb[chunk[0]:chunk[1]].to(dev).to(torch.float64)
+        ca, cb = fa[chunk[0]:chunk[1]].to(dev), fb[chunk[0]:chunk[1]].to(dev)  # move, then widen on the device
         if kind == "procrustes":
-            v, ok, passed = _procrustes(ca, cb, how)
+            v, ok, passed = _procrustes(ca, cb, how)  # widens as it deflates
         else:
-            (v, ok), passed = MAP_DISTANCES[kind](ca, cb, how), 0
+            (v, ok), passed = MAP_DISTANCES[kind](ca.to(torch.float64), cb.to(torch.float64), how), 0
         return v.cpu(), ok.cpu(), passed
 
     workers = cpu_workers() if cpu else 1
