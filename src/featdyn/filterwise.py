@@ -65,8 +65,9 @@ CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 26}
 # pairs: it costs ~3/4 of svdvals, and a failing pair pays for both.
 EIG_PASS_RATE = 0.8
 
-# Pairs probed by 'auto' (at least; whole groups) before choosing the path for the rest.
-PROBE_PAIRS = 32
+# Pairs probed by 'auto' (at least; whole chunks) before choosing the path for the rest: a failing
+# probe pays for both paths, but only once per layer in a FilterAccumulator.
+PROBE_PAIRS = 16
 
 
 def _centre_rows(maps: torch.Tensor) -> torch.Tensor:
