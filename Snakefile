@@ -52,4 +52,8 @@ rule all:
         "results/tables/table2_reusability.csv",
         "results/tables/table2_reusability.md",
         "results/tables/metric_correlation.csv",
+        "results/tables/table1_accuracy.tex",
+        "results/tables/table2_reusability.tex",
+        "results/tables/table2_layers.csv",
+        "results/summary.md",
         expand("results/figures/similarity_{model}.png", model=MODELS),

@@ -1,7 +1,8 @@
 # Stage 4: float64 statistics of (source, epoch) per layer, then one score table per metric.
 # Each metric's parameter block is a `params` entry of its own score job, so changing or adding
 # one metric reruns only that metric and what reads it. Filter-granularity metrics compare the
-# stores' maps directly, one GPU job per (metric, model, dataset, epoch).
+# stores' maps directly, one GPU job per (metric, model, dataset, epoch). Every statistics job also
+# keeps its statistics per image group (`groups` output) for the bootstrap intervals of the scores.
 
 
 rule source_stats:
@@ -10,6 +11,7 @@ rule source_stats:
         summary=lambda w: data_files(w.dataset)["summary"],
     output:
         "results/stats/{model}/{dataset}/source.npz",
+        groups=stats_groups("{model}", "{dataset}", "source"),
     log:
         "results/logs/source_stats/{model}/{dataset}.log",
     conda:
@@ -20,6 +22,7 @@ rule source_stats:
         gpu=1,
     params:
         device=config["device"],
+        groups=BOOTSTRAP.stored_groups,
     script:
         "../scripts/source_stats.py"
 
@@ -29,9 +32,11 @@ rule layer_stats:
         source_store=lambda w: store_dir(w.model, w.dataset, 0),
         store=lambda w: store_dir(w.model, w.dataset, w.epoch),
         source_stats="results/stats/{model}/{dataset}/source.npz",
+        source_groups=stats_groups("{model}", "{dataset}", "source"),
         summary=lambda w: data_files(w.dataset)["summary"],
     output:
         "results/stats/{model}/{dataset}/epoch_{epoch}.npz",
+        groups=stats_groups("{model}", "{dataset}", "epoch_{epoch}"),
     log:
         "results/logs/layer_stats/{model}/{dataset}/epoch_{epoch}.log",
     conda:
@@ -42,6 +47,7 @@ rule layer_stats:
         gpu=1,
     params:
         device=config["device"],
+        groups=BOOTSTRAP.stored_groups,
     script:
         "../scripts/layer_stats.py"
 
@@ -53,6 +59,7 @@ rule filter_scores:
         summary=lambda w: data_files(w.dataset)["summary"],
     output:
         filter_table("{metric}", "{model}", "{dataset}", "{epoch}"),
+        groups=filter_groups("{metric}", "{model}", "{dataset}", "{epoch}"),
     log:
         "results/logs/filter_scores/{metric}/{model}/{dataset}/epoch_{epoch}.log",
     wildcard_constraints:
@@ -66,6 +73,7 @@ rule filter_scores:
     params:
         metric=metric_block,
         device=config["device"],
+        groups=BOOTSTRAP.stored_groups,
     script:
         "../scripts/filter_scores.py"
 
@@ -75,6 +83,7 @@ rule score:
         unpack(score_inputs),
     output:
         "results/scores/{metric}/{model}/{dataset}.csv",
+        replicates=replicates_file("{metric}", "{model}", "{dataset}"),
     log:
         "results/logs/score/{metric}/{model}/{dataset}.log",
     conda:
@@ -86,5 +95,6 @@ rule score:
         metric=metric_block,
         epochs=lambda w: analysed_epochs(w.model, w.dataset),
         device=config["device"],
+        bootstrap=asdict(BOOTSTRAP),
     script:
         "../scripts/score.py"
