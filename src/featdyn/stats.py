@@ -380,12 +380,17 @@ def save_group_pairs(path: str | os.PathLike, pairs: Mapping[str, Sequence[PairS
 def load_group_pairs(path: str | os.PathLike, source: Mapping[str, Sequence[SideStats]],
                      device: torch.device | str = "cpu") -> dict[str, list[PairStats]]:
     """Load an epoch's per-group statistics and join each group with the source's same group."""
+    try:
+        stored = _ungroup({str(k): None for k in np.load(path)["__layers__"]})
+    except (OSError, KeyError, ValueError) as exc:
+        raise FeatdynError(f"cannot read statistics file {path}: {exc}") from exc
+    for layer, groups in stored.items():
+        if len(groups) != len(source.get(layer, ())):
+            raise FeatdynError(f"{path}: layer {layer!r} has {len(groups)} image groups, "
+                               f"the source statistics {len(source.get(layer, ()))}")
     keyed = {_group_key(layer, g): s for layer, groups in source.items() for g, s in enumerate(groups)}
     out = _ungroup(load_pairs(path, keyed, device))
     for layer, groups in out.items():
-        if len(groups) != len(source[layer]):
-            raise FeatdynError(f"{path}: layer {layer!r} has {len(groups)} image groups, "
-                               f"the source statistics {len(source[layer])}")
         for g, p in enumerate(groups):
             if p.y.n != p.x.n:
                 raise FeatdynError(f"{path}: layer {layer!r} group {g} has n={p.y.n} rows, the source n={p.x.n}")
