@@ -26,10 +26,11 @@ that compute replicates import the metric and statistics modules when called.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
@@ -102,6 +103,29 @@ def percentile_interval(samples: np.ndarray, level: float, axis: int = 0) -> tup
     return lo, hi
 
 
+SMALL_C = 512  # below this many channels, metrics run on one CPU thread
+
+
+@contextlib.contextmanager
+def small_matrix_threads(channels: int, device) -> Iterator[None]:
+    """One torch thread while evaluating metrics of fewer than :data:`SMALL_C` channels on a CPU.
+
+    Small C x C decompositions are latency-bound: one thread is faster, and with two, a second
+    thread descheduled on a busy machine makes every LAPACK call wait (pwsm at C = 96 measured
+    24 ms with one thread, 900 ms with two, at load 10 on the 2-core VM; benchmarks/README.md)."""
+    import torch
+
+    if str(device).startswith("cuda") or channels >= SMALL_C:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def layer_replicates(pairs: Sequence[PairStats], weights: np.ndarray, kind: str, params: Mapping) -> np.ndarray:
     """(B,) the metric ``kind`` of each resample of one layer's per-group statistics."""
     import torch
@@ -114,7 +138,8 @@ def layer_replicates(pairs: Sequence[PairStats], weights: np.ndarray, kind: str,
         raise FeatdynError(f"resample weights for {weights.shape[1]} groups, statistics of {stacked.groups}")
     out = np.empty(len(weights))
     w = torch.as_tensor(weights, dtype=torch.float64, device=stacked.n.device)
-    with warnings.catch_warnings():
+    channels = max(stacked.sx.shape[1], stacked.sy.shape[1])
+    with small_matrix_threads(channels, stacked.n.device), warnings.catch_warnings():
         # the point estimate already warned; a NaN replicate is counted by the caller
         warnings.simplefilter("ignore", DegenerateWarning)
         for b in range(len(weights)):

@@ -208,8 +208,8 @@ def check_epochs(n: RunNumbers) -> Finding:
         lo = hi = np.nan
         if reps is not None:
             la = reps.layer_average()
-            lo, hi = interval(la[:, reps.epochs.index(int(last["epoch"]))] - la[:, reps.epochs.index(int(first["epoch"]))],
-                              n.level)
+            last_i, first_i = reps.epochs.index(int(last["epoch"])), reps.epochs.index(int(first["epoch"]))
+            lo, hi = interval(la[:, last_i] - la[:, first_i], n.level)
         rho = spearman(avg["epoch"], avg["value"])
         f.cases.append(Case(subject, positive(diff, lo, hi),
                             f"epoch {int(first['epoch'])} {fmt(first['value'])}, epoch {int(last['epoch'])} "

@@ -12,7 +12,7 @@ import torch
 
 from . import FeatdynError
 from .bootstrap import (BootstrapSpec, FilterGroups, Replicates, layer_replicates, load_filter_groups,
-                        percentile_interval, resample_weights)
+                        percentile_interval, resample_weights, small_matrix_threads)
 from .filterwise import FilterAccumulator, FilterScores
 from .metrics import from_stats
 from .progress import Progress
@@ -118,6 +118,13 @@ def _with_intervals(rows: list[tuple], reps: Replicates) -> pd.DataFrame:
         li = df["layer"].map({layer: i for i, layer in enumerate(reps.layers)}).to_numpy()
         ei = df["epoch"].map({e: i for i, e in enumerate(reps.epochs)}).to_numpy()
         df["ci_low"], df["ci_high"] = lo[li, ei], hi[li, ei]
+        outside = (df["value"] < df["ci_low"]) | (df["value"] > df["ci_high"])
+        if outside.any():
+            # percentile intervals are not bias-corrected: a metric that drifts when images repeat
+            # in a resample (few observations per channel) can leave its estimate outside
+            log.warning("%d of %d values lie outside their bootstrap interval: the metric is biased under "
+                        "resampling of the probe images here (%s)", int(outside.sum()), len(df),
+                        ", ".join(f"{r.layer} epoch {r.epoch}" for r in df[outside].itertuples()))
     return df[SCORE_COLUMNS]
 
 
@@ -142,8 +149,9 @@ def score_layers_with_replicates(source_file: str | os.PathLike, epoch_files: Se
         groups = load_group_pairs(group_files[e], source_groups, device) if boot else {}
         column = []
         for i, (layer, stats) in enumerate(pairs.items()):
-            rows.append((model, dataset, metric, block["kind"], "layer", layer, i, int(epoch),
-                         from_stats(block["kind"], stats, **params)))
+            with small_matrix_threads(max(stats.xy.shape), device):
+                value = from_stats(block["kind"], stats, **params)
+            rows.append((model, dataset, metric, block["kind"], "layer", layer, i, int(epoch), value))
             if boot:
                 if layer not in groups:
                     raise FeatdynError(f"{group_files[e]}: no group statistics of layer {layer!r}")

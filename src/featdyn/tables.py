@@ -230,7 +230,8 @@ def table2_layers_layout(layers: pd.DataFrame, model: str, metric: str,
 
 def table2_layers_caption(metric: str, model: str, granularity: str, epochs: str, interval: str) -> str:
     return (f"Table 2 per layer ({model}, {metric}): for each layer (early to deep), mean ± sample std "
-            f"(ddof = 1) over epochs {epochs} of its distance to the source model; {READINGS.get(granularity, granularity)}. "
+            f"(ddof = 1) over epochs {epochs} of its distance to the source model; "
+            f"{READINGS.get(granularity, granularity)}. "
             f"[low, high]: {interval}.")
 
 

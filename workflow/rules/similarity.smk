@@ -89,8 +89,11 @@ rule score:
     conda:
         "../../envs/featdyn.yaml"
     threads: 2
+    # The bootstrap evaluates the metric once per resample, layer and epoch: on the GPU when there
+    # is one (C x C decompositions), with the per-group statistics of a whole epoch in memory.
     resources:
-        mem_mb=4000,
+        mem_mb=8000,
+        gpu=1,
     params:
         metric=metric_block,
         epochs=lambda w: analysed_epochs(w.model, w.dataset),

@@ -1,4 +1,5 @@
 from featdyn.bootstrap import BootstrapSpec
+from featdyn.linalg import resolve_device
 from featdyn.progress import job_setup
 from featdyn.similarity import score_filters_with_replicates, score_layers_with_replicates
 from featdyn.tables import write_csv
@@ -12,7 +13,8 @@ if p.metric["granularity"] == "filter":
 else:
     df, reps = score_layers_with_replicates(snakemake.input.source, snakemake.input.epochs, p.epochs, p.metric,
                                             model=w.model, dataset=w.dataset, metric=w.metric,
-                                            spec=spec, source_groups_file=snakemake.input.source_groups,
+                                            device=resolve_device(p.device), spec=spec,
+                                            source_groups_file=snakemake.input.source_groups,
                                             group_files=snakemake.input.groups)
 write_csv(df, snakemake.output[0])
 reps.save(snakemake.output.replicates)
