@@ -151,3 +151,31 @@ def test_renderings_carry_every_finding_and_parse_as_rest():
     rst = to_rst(found, "mobilenet_v2 * x")
     parts = docutils.publish_parts(rst, writer="html", settings_overrides={"report_level": 2, "halt_level": 2})
     assert "mobilenet_v2" in parts["body"] and "cannot be checked on this run" in parts["body"]
+
+
+@pytest.mark.workflow
+def test_tiny_run_summary_and_report_put_the_findings_first(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    from conftest import snakemake
+
+    shutil.copytree(tiny_run, tmp_path, symlinks=True, dirs_exist_ok=True)
+    summary = (tmp_path / "results/summary.md").read_text()
+    for key in "abcde":
+        assert f"| ({key}) |" in summary
+    # one model, one dataset: (c) and (e) cannot be checked; (a), (b), (d) are decided either way
+    assert "| (c) | The datasets' ranking by distance | **cannot be checked on this run** |" in summary
+    assert "| (e) | ResNet50 stays closest" in summary and "one model configured (mnet)" in summary
+    for table in ("table1_accuracy", "table2_reusability", "table2_layers"):
+        tex = (tmp_path / f"results/tables/{table}.tex").read_text()
+        assert r"\toprule" in tex and r"\bottomrule" in tex
+    snakemake(tmp_path, "--configfile", str(tmp_path / "config.yaml"), "--report", "results/report.html")
+    html = (tmp_path / "results/report.html").read_text()
+    start = html.index('workflow_desc = "') + len("workflow_desc = ")
+    description = json.loads(html[start:html.index('";\n', start) + 1])
+    assert "Findings" in description and "(a) Early layers stay closer" in description
+    assert description.index("Findings") < description.index("(e) ResNet50")
+    for name in ("summary.md", "table1_accuracy.html", "table2_reusability.html", "table2_layers.html",
+                 "metric_correlation.html"):
+        assert name in html, name

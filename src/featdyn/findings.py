@@ -158,6 +158,19 @@ def _runs(n: RunNumbers):
                     yield metric, model, dataset, sub
 
 
+def _rise(subject: str, names: Sequence[str], xs: Sequence[float], values: Sequence[float],
+          ends: np.ndarray | None, level: float, what: str, axis: str, unit: str) -> Case:
+    """The case 'the distance rises from the first to the last point': the difference with its
+    interval (``ends``: (B, 2) replicates of the first and last point) decides; Spearman's rho of
+    ``xs`` against the values is reported beside it."""
+    values = list(values)
+    diff = float(values[-1] - values[0])
+    lo, hi = interval(ends[:, 1] - ends[:, 0], level) if ends is not None else (np.nan, np.nan)
+    return Case(subject, positive(diff, lo, hi),
+                f"{names[0]} {fmt(values[0])}, {names[-1]} {fmt(values[-1])}: {what} {with_interval(diff, lo, hi)} "
+                f"({beyond(lo, hi)}); rho({axis}, distance) {fmt(spearman(xs, values))} over {len(values)} {unit}")
+
+
 # -- the checks ------------------------------------------------------------------------------------
 
 def check_depth(n: RunNumbers) -> Finding:
@@ -173,19 +186,10 @@ def check_depth(n: RunNumbers) -> Finding:
         if len(per) < 2:
             f.cases.append(Case(subject, UNCHECKED, f"{len(per)} analysed layer(s) with trained epochs"))
             continue
-        first, last = per.iloc[0], per.iloc[-1]
-        diff = float(last["value"] - first["value"])
         reps = n.reps(metric, model, dataset)
-        lo = hi = np.nan
-        if reps is not None:
-            pl = reps.per_layer()
-            lo, hi = interval(pl[:, reps.layers.index(last["layer"])] - pl[:, reps.layers.index(first["layer"])],
-                              n.level)
-        rho = spearman(per["layer_index"], per["value"])
-        f.cases.append(Case(subject, positive(diff, lo, hi),
-                            f"{first['layer']} {fmt(first['value'])}, {last['layer']} {fmt(last['value'])}: "
-                            f"deep − early {with_interval(diff, lo, hi)} ({beyond(lo, hi)}); "
-                            f"rho(depth, distance) {fmt(rho)} over {len(per)} layers"))
+        ends = None if reps is None else reps.per_layer()[:, [reps.layers.index(per["layer"].iloc[i]) for i in (0, -1)]]
+        f.cases.append(_rise(subject, list(per["layer"]), per["layer_index"], per["value"], ends, n.level,
+                             "deep − early", "depth", "layers"))
     return f
 
 
@@ -202,19 +206,11 @@ def check_epochs(n: RunNumbers) -> Finding:
         if len(avg) < 2:
             f.cases.append(Case(subject, UNCHECKED, f"{len(avg)} trained epoch(s) analysed: no trend to check"))
             continue
-        first, last = avg.iloc[0], avg.iloc[-1]
-        diff = float(last["value"] - first["value"])
         reps = n.reps(metric, model, dataset)
-        lo = hi = np.nan
-        if reps is not None:
-            la = reps.layer_average()
-            last_i, first_i = reps.epochs.index(int(last["epoch"])), reps.epochs.index(int(first["epoch"]))
-            lo, hi = interval(la[:, last_i] - la[:, first_i], n.level)
-        rho = spearman(avg["epoch"], avg["value"])
-        f.cases.append(Case(subject, positive(diff, lo, hi),
-                            f"epoch {int(first['epoch'])} {fmt(first['value'])}, epoch {int(last['epoch'])} "
-                            f"{fmt(last['value'])}: change {with_interval(diff, lo, hi)} ({beyond(lo, hi)}); "
-                            f"rho(epoch, distance) {fmt(rho)} over {len(avg)} epochs"))
+        ends = None if reps is None else \
+            reps.layer_average()[:, [reps.epochs.index(int(avg["epoch"].iloc[i])) for i in (0, -1)]]
+        f.cases.append(_rise(subject, [f"epoch {int(e)}" for e in avg["epoch"]], avg["epoch"], avg["value"], ends,
+                             n.level, "change", "epoch", "epochs"))
     return f
 
 
