@@ -14,8 +14,8 @@ import yaml
 
 from conftest import job_counts, snakemake
 from featdyn import FeatdynError
-from featdyn.bootstrap import (BootstrapSpec, FilterGroups, Replicates, layer_replicates, load_filter_groups,
-                               percentile_interval, resample_weights, save_filter_groups)
+from featdyn.bootstrap import (BootstrapSpec, FilterGroups, Replicates, bootstrap_interval, layer_replicates,
+                               load_filter_groups, percentile_interval, resample_weights, save_filter_groups)
 from featdyn.filterwise import FilterAccumulator
 from featdyn.metrics import from_stats
 from featdyn.stats import (GroupAccumulator, GroupStats, image_groups, load_group_pairs, load_group_sides,
@@ -108,6 +108,12 @@ def test_intervals_contain_the_estimate_shrink_with_more_images_and_are_seeded()
     small, large = interval_of(16), interval_of(256)
     for point, lo, hi in (small, large):
         assert lo <= point <= hi
+    # the centred interval: the percentile interval moved onto the estimate by the resamples' bias
+    samples = np.array([0.1, 0.2, 0.3, 0.4, 1.0])
+    lo, hi = bootstrap_interval(samples, 0.5, 0.5, "centred")
+    plo, phi = percentile_interval(samples, 0.5)
+    assert (lo, hi) == pytest.approx((plo + 0.5 - 0.4, phi + 0.5 - 0.4))
+    assert bootstrap_interval(samples, 0.5, 0.5, "percentile") == pytest.approx((plo, phi))
     # 16x the images: the interval should narrow by about 4x (sqrt(16)); ask for 2x
     assert (large[2] - large[1]) < 0.5 * (small[2] - small[1])
     assert interval_of(16, seed=5) == interval_of(16, seed=5)
@@ -129,6 +135,8 @@ def test_spec_checks_its_keys():
         BootstrapSpec.from_config({"level": 1.5})
     with pytest.raises(FeatdynError, match="bootstrap.groups"):
         BootstrapSpec.from_config({"groups": 1})
+    with pytest.raises(FeatdynError, match="bootstrap.interval"):
+        BootstrapSpec.from_config({"interval": "bca"})
 
 
 def test_group_files_round_trip(tmp_path):

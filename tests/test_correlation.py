@@ -128,7 +128,7 @@ def test_r_interval_is_the_percentile_of_r_over_both_metrics_replicates():
         g = g.sort_values(["layer", "epoch"])
         grid = g["value"].to_numpy().reshape(3, 4)
         reps[(metric, model, "d1")] = Replicates(grid[None] + 0.05 * rng.standard_normal((40, 3, 4)),
-                                                 ["l1", "l2", "l3"], [0, 1, 2, 3], 0.9)
+                                                 ["l1", "l2", "l3"], [0, 1, 2, 3], 0.9, "percentile")
     out = across_layers_epochs(scores, replicates=reps)
     row = out[(out["model"] == "m1") & (out["metric_a"] == "cka") & (out["metric_b"] == "procrustes")].iloc[0]
     a, b = reps[("cka", "m1", "d1")].values[:, :, 1:], reps[("procrustes", "m1", "d1")].values[:, :, 1:]
@@ -141,4 +141,13 @@ def test_r_interval_is_the_percentile_of_r_over_both_metrics_replicates():
             for m in ("cka", "procrustes")]
     lo, hi = percentile_interval(np.array([pearsonr(both[0][i], both[1][i]).statistic for i in range(40)]), 0.9)
     assert pooled["r_ci_low"] == pytest.approx(lo, abs=1e-12) and pooled["r_ci_high"] == pytest.approx(hi, abs=1e-12)
+    # centred: the same percentiles moved onto r (by r minus the replicates' mean), within [-1, 1]
+    for key, rep in reps.items():
+        rep.method = "centred"
+    centred = across_layers_epochs(scores, replicates=reps)
+    crow = centred[(centred["model"] == "m1") & (centred["metric_a"] == "cka") & (centred["metric_b"] == "procrustes")]
+    shift = crow["r"].iloc[0] - np.mean(rs)
+    lo, hi = percentile_interval(np.array(rs), 0.9)
+    assert crow["r_ci_low"].iloc[0] == pytest.approx(lo + shift, abs=1e-12)
+    assert crow["r_ci_high"].iloc[0] == pytest.approx(min(hi + shift, 1.0), abs=1e-12)
     assert metric_correlation(scores)[["r_ci_low", "r_ci_high"]].isna().all().all()

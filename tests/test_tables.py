@@ -76,7 +76,7 @@ from featdyn.tables import (table1_best, table2_best, table2_caption, table2_lay
                             to_html, to_latex)
 
 
-def grid_scores(means: dict[tuple[str, str], float]) -> tuple[pd.DataFrame, dict]:
+def grid_scores(means: dict[tuple[str, str], float], method: str = "centred") -> tuple[pd.DataFrame, dict]:
     """Two layers x epochs 0..2 per (model, dataset): layer values mean -+ 0.1, epoch e adds 0.01 e;
     replicates shift every value by b / 100 for b = 0..99 (so the Table 2 replicate is mean + b/100)."""
     rows, reps = [], {}
@@ -86,21 +86,26 @@ def grid_scores(means: dict[tuple[str, str], float]) -> tuple[pd.DataFrame, dict
             rows.append(dict(model=model, dataset=dataset, metric="p", kind="procrustes", granularity="layer",
                              layer=f"l{li}", layer_index=li, epoch=e, value=grid[li, e]))
         reps[("p", model, dataset)] = Replicates(grid[None] + np.arange(100)[:, None, None] / 100, ["l0", "l1"],
-                                                 [0, 1, 2], 0.9)
+                                                 [0, 1, 2], 0.9, method)
     return pd.DataFrame(rows), reps
 
 
 def test_table2_layout_intervals_and_best_entry_per_dataset():
     means = {("vgg", "awa2"): 0.345, ("res", "awa2"): 0.410, ("vgg", "fruits"): 0.921, ("res", "fruits"): 0.749}
-    scores, reps = grid_scores(means)
+    scores, reps = grid_scores(means, "percentile")
     t2 = table2(scores, reps)
-    assert list(t2.columns[:7]) == ["model", "dataset", "metric", "mean", "std", "ci_low", "ci_high"]
+    assert list(t2.columns[:8]) == ["model", "dataset", "metric", "mean", "std", "ci_low", "ci_high", "bias"]
     row = t2[(t2["model"] == "res") & (t2["dataset"] == "fruits")].iloc[0]
     assert row["mean"] == pytest.approx(0.749 + 0.015) and row["std"] == pytest.approx(np.std([0.01, 0.02], ddof=1))
     # replicates are mean + b/100, b = 0..99: the 90% percentile interval is [mean + 0.0495, mean + 0.9405]
     assert row["ci_low"] == pytest.approx(row["mean"] + 0.0495)
     assert row["ci_high"] == pytest.approx(row["mean"] + 0.9405)
-    assert row["epoch_list"] == "1, 2" and row["granularity"] == "layer"
+    assert row["epoch_list"] == "1, 2" and row["granularity"] == "layer" and row["bias"] == pytest.approx(0.495)
+    # centred (the default): the same percentiles shifted by the bias, around the estimate
+    centred = table2(*grid_scores(means))
+    crow = centred[(centred["model"] == "res") & (centred["dataset"] == "fruits")].iloc[0]
+    assert crow["ci_low"] == pytest.approx(row["mean"] - 0.4455)
+    assert crow["ci_high"] == pytest.approx(row["mean"] + 0.4455)
     layout = table2_layout(t2, "p", ["vgg", "res"], ["awa2", "fruits"])
     assert layout.loc["res", "fruits"] == "0.764 ± 0.007 [0.814, 1.704]"
     best = table2_best(t2, "p", ["vgg", "res"], ["awa2", "fruits"])
@@ -131,7 +136,8 @@ def test_per_layer_breakdown():
     layers = table2_layers(scores, reps)
     row = layers[(layers["dataset"] == "d1") & (layers["layer"] == "l1")].iloc[0]
     assert row["mean"] == pytest.approx(0.615) and row["std"] == pytest.approx(np.std([0.01, 0.02], ddof=1))
-    assert row["ci_low"] == pytest.approx(0.615 + 0.0495) and row["epochs"] == 2
+    assert row["ci_low"] == pytest.approx(0.615 - 0.4455) and row["bias"] == pytest.approx(0.495)
+    assert row["epochs"] == 2
     layout = table2_layers_layout(layers, "m", "p", ["d2", "d1"])
     assert list(layout.index) == ["l0", "l1"] and list(layout.columns) == ["d2", "d1"]
     assert layout.loc["l0", "d1"].startswith("0.415 ± 0.007 [")

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .bootstrap import Replicates, percentile_interval
+from .bootstrap import Replicates, bootstrap_interval
 
 COLUMNS = ["reading", "model", "dataset", "metric_a", "metric_b", "r", "r_std", "rho", "rho_std", "r_ci_low",
            "r_ci_high", "n", "undefined"]
@@ -62,13 +62,13 @@ def _replicate_points(reps: Replicates, layers: Sequence[str], epochs: Sequence[
     return reps.values[:, li, ei]
 
 
-def _r_interval(points: pd.DataFrame, a: str, b: str,
+def _r_interval(points: pd.DataFrame, a: str, b: str, r: float,
                 replicates: Mapping[tuple[str, str, str], Replicates] | None) -> tuple[float, float]:
     """Percentile interval of the layers_epochs r over the resamples of both metrics (NaN unless
     every (model, dataset) in ``points`` has replicates of both)."""
     if not replicates:
         return np.nan, np.nan
-    ra, rb, level = [], [], None
+    ra, rb, first = [], [], None
     for (model, dataset), g in points.groupby(level=["model", "dataset"]):
         pa, pb = replicates.get((a, model, dataset)), replicates.get((b, model, dataset))
         if pa is None or pb is None or not pa.resamples or pa.resamples != pb.resamples:
@@ -76,13 +76,14 @@ def _r_interval(points: pd.DataFrame, a: str, b: str,
         layers, epochs = g.index.get_level_values("layer"), g.index.get_level_values("epoch")
         ra.append(_replicate_points(pa, layers, epochs))
         rb.append(_replicate_points(pb, layers, epochs))
-        level = pa.level
+        first = pa
     if not ra:
         return np.nan, np.nan
     xa, xb = np.concatenate(ra, axis=1), np.concatenate(rb, axis=1)
     rs = np.array([pearson(xa[i], xb[i]) for i in range(len(xa))])
-    lo, hi = percentile_interval(rs, level)
-    return float(lo), float(hi)
+    lo, hi = bootstrap_interval(rs, r, first.level, first.method)
+    # a centred interval of a correlation stays within [-1, 1]
+    return float(max(lo, -1.0)), float(min(hi, 1.0))
 
 
 def across_layers_epochs(scores: pd.DataFrame, metrics: Sequence[str] | None = None,
@@ -100,7 +101,7 @@ def across_layers_epochs(scores: pd.DataFrame, metrics: Sequence[str] | None = N
             pair = g[[a, b]].dropna()
             r = pearson(pair[a].to_numpy(), pair[b].to_numpy())
             rho = pearson(pair[a].rank().to_numpy(), pair[b].rank().to_numpy())
-            lo, hi = _r_interval(pair, a, b, replicates) if np.isfinite(r) else (np.nan, np.nan)
+            lo, hi = _r_interval(pair, a, b, r, replicates) if np.isfinite(r) else (np.nan, np.nan)
             rows.append({"reading": "layers_epochs", "model": model, "dataset": dataset, "metric_a": a,
                          "metric_b": b, "r": r, "r_std": np.nan, "rho": rho, "rho_std": np.nan, "r_ci_low": lo,
                          "r_ci_high": hi, "n": len(pair), "undefined": int(not np.isfinite(r))})

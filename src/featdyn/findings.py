@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .bootstrap import Replicates, percentile_interval
+from .bootstrap import Replicates, bootstrap_interval
 from .tables import layer_average
 
 HOLDS, FAILS, UNCHECKED = "holds", "does not hold", "cannot be checked on this run"
@@ -98,6 +98,7 @@ class RunNumbers:
     datasets: Sequence[str]
     metrics: Sequence[str]
     level: float = 0.95
+    method: str = "centred"
 
     def reps(self, metric: str, model: str, dataset: str) -> Replicates | None:
         r = self.replicates.get((metric, model, dataset))
@@ -110,10 +111,11 @@ def fmt(x: float) -> str:
     return f"{x:.3f}" if np.isfinite(x) else "n/a"
 
 
-def interval(samples: np.ndarray | None, level: float) -> tuple[float, float]:
+def interval(n: RunNumbers, samples: np.ndarray | None, point: float) -> tuple[float, float]:
+    """The run's interval of an estimate ``point`` from its replicates (NaN without)."""
     if samples is None or len(samples) == 0:
         return np.nan, np.nan
-    lo, hi = percentile_interval(np.asarray(samples, dtype=float), level)
+    lo, hi = bootstrap_interval(np.asarray(samples, dtype=float), point, n.level, n.method)
     return float(lo), float(hi)
 
 
@@ -158,14 +160,14 @@ def _runs(n: RunNumbers):
                     yield metric, model, dataset, sub
 
 
-def _rise(subject: str, names: Sequence[str], xs: Sequence[float], values: Sequence[float],
-          ends: np.ndarray | None, level: float, what: str, axis: str, unit: str) -> Case:
+def _rise(n: RunNumbers, subject: str, names: Sequence[str], xs: Sequence[float], values: Sequence[float],
+          ends: np.ndarray | None, what: str, axis: str, unit: str) -> Case:
     """The case 'the distance rises from the first to the last point': the difference with its
     interval (``ends``: (B, 2) replicates of the first and last point) decides; Spearman's rho of
     ``xs`` against the values is reported beside it."""
     values = list(values)
     diff = float(values[-1] - values[0])
-    lo, hi = interval(ends[:, 1] - ends[:, 0], level) if ends is not None else (np.nan, np.nan)
+    lo, hi = interval(n, ends[:, 1] - ends[:, 0] if ends is not None else None, diff)
     return Case(subject, positive(diff, lo, hi),
                 f"{names[0]} {fmt(values[0])}, {names[-1]} {fmt(values[-1])}: {what} {with_interval(diff, lo, hi)} "
                 f"({beyond(lo, hi)}); rho({axis}, distance) {fmt(spearman(xs, values))} over {len(values)} {unit}")
@@ -188,7 +190,7 @@ def check_depth(n: RunNumbers) -> Finding:
             continue
         reps = n.reps(metric, model, dataset)
         ends = None if reps is None else reps.per_layer()[:, [reps.layers.index(per["layer"].iloc[i]) for i in (0, -1)]]
-        f.cases.append(_rise(subject, list(per["layer"]), per["layer_index"], per["value"], ends, n.level,
+        f.cases.append(_rise(n, subject, list(per["layer"]), per["layer_index"], per["value"], ends,
                              "deep − early", "depth", "layers"))
     return f
 
@@ -209,8 +211,8 @@ def check_epochs(n: RunNumbers) -> Finding:
         reps = n.reps(metric, model, dataset)
         ends = None if reps is None else \
             reps.layer_average()[:, [reps.epochs.index(int(avg["epoch"].iloc[i])) for i in (0, -1)]]
-        f.cases.append(_rise(subject, [f"epoch {int(e)}" for e in avg["epoch"]], avg["epoch"], avg["value"], ends,
-                             n.level, "change", "epoch", "epochs"))
+        f.cases.append(_rise(n, subject, [f"epoch {int(e)}" for e in avg["epoch"]], avg["epoch"], avg["value"], ends,
+                             "change", "epoch", "epochs"))
     return f
 
 
@@ -228,14 +230,14 @@ def _t2(n: RunNumbers, metric: str, model: str, dataset: str) -> tuple[float, np
     return mean, (reps.table2() if reps is not None else None)
 
 
-def _gap(a: tuple[float, np.ndarray | None], b: tuple[float, np.ndarray | None], level: float
+def _gap(n: RunNumbers, a: tuple[float, np.ndarray | None], b: tuple[float, np.ndarray | None]
          ) -> tuple[float, float, float]:
     """b - a with its interval (replicates paired by index: the same resamples on one dataset,
     independent resamples on two)."""
     diff = b[0] - a[0]
     if a[1] is None or b[1] is None:
         return diff, np.nan, np.nan
-    return (diff, *interval(b[1] - a[1], level))
+    return (diff, *interval(n, b[1] - a[1], diff))
 
 
 def check_datasets(n: RunNumbers) -> Finding:
@@ -257,7 +259,7 @@ def check_datasets(n: RunNumbers) -> Finding:
             order = sorted(entries, key=lambda d: entries[d][0])
             steps = []
             for a, b in zip(order, order[1:]):
-                diff, lo, hi = _gap(entries[a], entries[b], n.level)
+                diff, lo, hi = _gap(n, entries[a], entries[b])
                 steps.append(f"{a} {fmt(entries[a][0])} < {b} {fmt(entries[b][0])} "
                              f"(+{with_interval(diff, lo, hi)}, {beyond(lo, hi)})")
             ranking = "; ".join(steps)
@@ -270,7 +272,7 @@ def check_datasets(n: RunNumbers) -> Finding:
                 continue
             fr = fruits[0]
             worst = max(others, key=lambda d: entries[d][0])
-            diff, lo, hi = _gap(entries[worst], entries[fr], n.level)
+            diff, lo, hi = _gap(n, entries[worst], entries[fr])
             verdict = positive(diff, lo, hi)
             f.cases.append(Case(subject, verdict, f"{ranking}; Fruits ({fr}) minus the farthest of "
                                                   f"{', '.join(others)}: {with_interval(diff, lo, hi)}"))
@@ -344,7 +346,7 @@ def check_architecture(n: RunNumbers) -> Finding:
                                                     f"(mean {fmt(float(on['mean'].iloc[0]))})"))
             continue
         best, runner = on.iloc[0]["model"], on.iloc[1]["model"]
-        diff, lo, hi = _gap(_t2(n, metric, best, far), _t2(n, metric, runner, far), n.level)
+        diff, lo, hi = _gap(n, _t2(n, metric, best, far), _t2(n, metric, runner, far))
         text = (f"closest: {best} ({n.models.get(best, '?')}) {fmt(on.iloc[0]['mean'])}, then {runner} "
                 f"{fmt(on.iloc[1]['mean'])}: lead {with_interval(diff, lo, hi)} ({beyond(lo, hi)})")
         if not resnets:

@@ -29,15 +29,15 @@ import pandas as pd
 
 from . import FeatdynError
 from .atomic import atomic_path
-from .bootstrap import Replicates, percentile_interval
+from .bootstrap import Replicates, bias_free_mean
 from .correlation import metric_correlation  # noqa: F401  (re-exported: the tables' third part)
 
 SCORE_COLUMNS = ["model", "dataset", "metric", "kind", "granularity", "layer", "layer_index", "epoch", "value",
                  "ci_low", "ci_high"]
-TABLE2_COLUMNS = ["model", "dataset", "metric", "mean", "std", "ci_low", "ci_high", "epochs", "epoch_list",
+TABLE2_COLUMNS = ["model", "dataset", "metric", "mean", "std", "ci_low", "ci_high", "bias", "epochs", "epoch_list",
                   "granularity"]
 LAYER_COLUMNS = ["model", "dataset", "metric", "granularity", "layer", "layer_index", "mean", "std", "ci_low",
-                 "ci_high", "epochs", "epoch_list"]
+                 "ci_high", "bias", "epochs", "epoch_list"]
 
 READINGS = {
     "layer": "layer reading: the observations are a layer's (image, y, x) positions, the features its channels",
@@ -122,18 +122,21 @@ def _epoch_list(epochs: Iterable[int]) -> str:
     return ", ".join(map(str, e))
 
 
-def _interval(reps: Replicates | None, reduce) -> tuple[float, float]:
+def _interval(reps: Replicates | None, reduce, point: float) -> tuple[float, float, float]:
+    """(ci_low, ci_high, bias) of the estimate ``point`` whose replicates are ``reduce(reps)``."""
     if reps is None or not reps.resamples:
-        return np.nan, np.nan
-    lo, hi = percentile_interval(reduce(reps), reps.level)
-    return float(lo), float(hi)
+        return np.nan, np.nan, np.nan
+    samples = reduce(reps)
+    lo, hi = reps.interval(samples, point)
+    return float(lo), float(hi), float(bias_free_mean(samples) - point)
 
 
 def table2(scores: pd.DataFrame, replicates: Mapping[tuple[str, str, str], Replicates] | None = None
            ) -> pd.DataFrame:
     """Reusability: mean and sample std (ddof=1) over epochs >= 1 of the layer-averaged distance,
-    with the bootstrap interval of that mean from ``replicates[(metric, model, dataset)]`` (NaN
-    without). Columns :data:`TABLE2_COLUMNS`."""
+    with the bootstrap interval of that mean from ``replicates[(metric, model, dataset)]`` and the
+    replicates' bias (their mean minus the estimate; NaN without replicates). Columns
+    :data:`TABLE2_COLUMNS`."""
     avg = layer_average(scores)
     avg = avg[avg["epoch"] >= 1]
     if avg.empty:
@@ -146,8 +149,9 @@ def table2(scores: pd.DataFrame, replicates: Mapping[tuple[str, str, str], Repli
     rows = []
     for r in out.itertuples(index=False):
         key = (r.metric, r.model, r.dataset)
-        lo, hi = _interval((replicates or {}).get(key), Replicates.table2)
-        rows.append({**r._asdict(), "ci_low": lo, "ci_high": hi, "epoch_list": lists[(r.model, r.dataset, r.metric)],
+        lo, hi, bias = _interval((replicates or {}).get(key), Replicates.table2, r.mean)
+        rows.append({**r._asdict(), "ci_low": lo, "ci_high": hi, "bias": bias,
+                     "epoch_list": lists[(r.model, r.dataset, r.metric)],
                      "granularity": gran[(r.model, r.dataset, r.metric)] if gran is not None else "layer"})
     return pd.DataFrame(rows, columns=TABLE2_COLUMNS)
 
@@ -205,17 +209,15 @@ def table2_layers(scores: pd.DataFrame, replicates: Mapping[tuple[str, str, str]
     out = sc.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
     out["epoch_list"] = sc.groupby(keys, sort=False)["epoch"].agg(_epoch_list).to_numpy()
     out = out.rename(columns={"count": "epochs"})
-    lo, hi = [], []
+    intervals = []
     for r in out.itertuples(index=False):
         reps = (replicates or {}).get((r.metric, r.model, r.dataset))
         if reps is not None and reps.resamples and r.layer in reps.layers:
             i = reps.layers.index(r.layer)
-            a, b = _interval(reps, lambda x, i=i: x.per_layer()[:, i])
+            intervals.append(_interval(reps, lambda x, i=i: x.per_layer()[:, i], r.mean))
         else:
-            a, b = np.nan, np.nan
-        lo.append(a)
-        hi.append(b)
-    out["ci_low"], out["ci_high"] = lo, hi
+            intervals.append((np.nan, np.nan, np.nan))
+    out["ci_low"], out["ci_high"], out["bias"] = np.array(intervals, dtype=float).reshape(-1, 3).T
     return out.sort_values(["model", "metric", "layer_index"], kind="stable", ignore_index=True)[LAYER_COLUMNS]
 
 

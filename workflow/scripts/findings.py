@@ -12,7 +12,7 @@ numbers = RunNumbers(
     scores=pd.concat([pd.read_csv(path) for path in inp.scores], ignore_index=True),
     replicates={tuple(key): Replicates.load(path) for key, path in zip(p.replicate_keys, inp.replicates)},
     table2=pd.read_csv(inp.table2), correlation=pd.read_csv(inp.correlation), models=p.models,
-    datasets=p.datasets, metrics=p.metrics, level=spec.level)
+    datasets=p.datasets, metrics=p.metrics, level=spec.level, method=spec.interval)
 header = (f"Models {', '.join(f'{m} ({a})' for m, a in p.models.items())}; datasets {', '.join(p.datasets)}; "
           f"metrics {', '.join(p.metrics)}. Intervals: {spec.describe()}; a difference counts when its interval "
           f"excludes 0.")
