@@ -180,8 +180,8 @@ def layer_replicates(pairs: Sequence[PairStats], weights: np.ndarray, kind: str,
     with small_matrix_threads(channels, stacked.n.device), warnings.catch_warnings():
         # the point estimate already warned; a NaN replicate is counted by the caller
         warnings.simplefilter("ignore", DegenerateWarning)
-        for b in range(len(weights)):
-            out[b] = from_stats(kind, stacked.weighted(w[b]), **params)
+        for b, stats in enumerate(stacked.weighted_many(w)):
+            out[b] = from_stats(kind, stats, **params)
     return out
 
 

@@ -123,7 +123,7 @@ def _with_intervals(rows: list[tuple], reps: Replicates) -> pd.DataFrame:
         # The resamples of a distance are biased (fewer distinct images); say where the bias is
         # large against the interval (tables carry it in their `bias` column).
         bias = (bias_free_mean(reps.values) - point)[li, ei]
-        large = np.abs(bias) > (df["ci_high"] - df["ci_low"]).to_numpy() / 2
+        large = np.abs(bias) > np.maximum((df["ci_high"] - df["ci_low"]).to_numpy() / 2, 1e-9)
         if large.any():
             log.warning("bootstrap bias (mean of the resamples minus the estimate) beyond half the interval at %d "
                         "of %d values: %s", int(large.sum()), len(df),
@@ -150,18 +150,22 @@ def score_layers_with_replicates(source_file: str | os.PathLike, epoch_files: Se
     for e, (epoch, path) in enumerate(zip(epochs, epoch_files)):
         pairs = load_pairs(path, source, device)
         layers = layers or list(pairs)
-        groups = load_group_pairs(group_files[e], source_groups, device) if boot else {}
+        # epoch 0 is the source model against itself: the same (zero) distance in every resample
+        resample = boot and int(epoch) != 0
+        groups = load_group_pairs(group_files[e], source_groups, device) if resample else {}
         column = []
         for i, (layer, stats) in enumerate(pairs.items()):
             with small_matrix_threads(max(stats.xy.shape), device):
                 value = from_stats(block["kind"], stats, **params)
             rows.append((model, dataset, metric, block["kind"], "layer", layer, i, int(epoch), value))
-            if boot:
+            if resample:
                 if layer not in groups:
                     raise FeatdynError(f"{group_files[e]}: no group statistics of layer {layer!r}")
                 if weights is None:
                     weights = resample_weights(len(groups[layer]), spec.resamples, spec.seed, dataset)
                 column.append(layer_replicates(groups[layer], weights, block["kind"], params))
+            elif boot:
+                column.append(np.full(spec.resamples, value))
         values.append(column)
         if boot:
             log.info("epoch %s: %d bootstrap replicates of %d layers", epoch, spec.resamples, len(column))

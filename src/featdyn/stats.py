@@ -13,7 +13,7 @@ The source side (n, sum_x, X^T X) does not depend on the epoch: it is computed o
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -348,6 +348,25 @@ class GroupStats:
         x = SideStats(int(round(n)), self.x_shift, mix(self.sx), mix(self.xx))
         y = SideStats(int(round(n)), self.y_shift, mix(self.sy), mix(self.yy))
         return PairStats(x, y, mix(self.xy))
+
+    def weighted_many(self, weights) -> Iterator[PairStats]:
+        """:meth:`weighted` for every row of ``weights`` (B, G), the weighted sums computed a chunk
+        of rows at a time (one batched matmul per statistic instead of B small ones; a chunk holds
+        at most BLOCK_ELEMENTS elements per statistic)."""
+        w = as_tensor(weights, self.n.device)
+        c2 = max(self.xx[0].numel(), self.yy[0].numel(), self.xy[0].numel())
+        step = max(1, BLOCK_ELEMENTS.get(self.n.device.type, BLOCK_ELEMENTS["cpu"]) // c2)
+        for start in range(0, len(w), step):
+            wb = w[start:start + step]
+            n = wb @ self.n
+            if bool((n < 1).any()):
+                raise FeatdynError("a resample must hold at least one image")
+            sx, sy = wb @ self.sx, wb @ self.sy
+            xx, yy, xy = (torch.tensordot(wb, t, dims=1) for t in (self.xx, self.yy, self.xy))
+            for b in range(len(wb)):
+                rows = int(round(float(n[b])))
+                yield PairStats(SideStats(rows, self.x_shift, sx[b], xx[b]),
+                                SideStats(rows, self.y_shift, sy[b], yy[b]), xy[b])
 
 
 def _group_key(layer: str, g: int) -> str:

@@ -88,9 +88,10 @@ rule score:
         "results/logs/score/{metric}/{model}/{dataset}.log",
     conda:
         "../../envs/featdyn.yaml"
-    threads: 2
     # The bootstrap evaluates the metric once per resample, layer and epoch: on the GPU when there
-    # is one (C x C decompositions), with the per-group statistics of a whole epoch in memory.
+    # is one, else on one CPU thread (small C x C decompositions; two score jobs share two cores),
+    # with the per-group statistics of a whole epoch in memory.
+    threads: 1
     resources:
         mem_mb=8000,
         gpu=1,
