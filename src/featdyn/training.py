@@ -261,7 +261,7 @@ def _check_loss(first_bad: torch.Tensor, epoch: int, n_batches: int, loss: torch
     be (or already are) NaN, and every later number would be meaningless."""
     bad = int(first_bad)
     if bad:
-        value = f" (loss {float(loss)})" if loss is not None else ""
+        value = f" (loss {float(loss.detach())})" if loss is not None else ""
         raise FeatdynError(f"epoch {epoch}: the training loss is not finite at batch {bad} of {n_batches}{value}; "
                            f"nothing was saved. The model diverged (try a lower training.lr, or training.grad_clip) "
                            f"or its checkpoint holds NaN weights")
