@@ -15,7 +15,7 @@ Integrity (store format 2): every chunk ends with a crc32c checksum (the Zarr v3
 after zstd when compressed), and a reader checks that every chunk file of every array exists
 before it reads anything. Zarr itself reads a missing chunk as the fill value (zeros) and garbage
 bytes of an uncompressed chunk as numbers; here both are errors that name the chunk file. Values
-are checked finite when written and when read.
+are checked finite when written (NaN and inf are refused, naming the layer).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import zarr.codecs
 
 from . import FeatdynError, __version__
 from .atomic import atomic_path, remove_stale_temporaries, stale_temporaries
-from .finite import all_finite, describe_nonfinite
+from .finite import describe_nonfinite
 
 log = logging.getLogger("featdyn.stores")
 
@@ -204,7 +204,7 @@ class StoreWriter:
 
 class ActivationStore:
     """A finished activation store, opened read-only: its attributes checked, every chunk file of
-    every array present (:meth:`check_chunks`); blocks checked (checksum, finite) as they are read."""
+    every array present (:meth:`check_chunks`), every chunk's checksum verified as it is read."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -291,8 +291,8 @@ class ActivationStore:
         return "(none of them alone)"
 
     def read(self, layer: str, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of ``layer``: every chunk's checksum verified, the values checked finite;
-        a failure names the store, the layer, the epoch and the chunk file."""
+        """Rows [start, stop) of ``layer``, every chunk's checksum verified; a failure names the store,
+        the layer, the epoch and the chunk file."""
         arr = self.array(layer)
         try:
             block = np.asarray(arr[start:stop])
@@ -300,8 +300,8 @@ class ActivationStore:
             raise FeatdynError(f"{self._where(layer, start, stop)}: chunk {self._corrupt_chunk(arr, start, stop)} "
                                f"is corrupt ({type(exc).__name__}: {exc}); remove the store and rerun its "
                                f"extract job (snakemake --forcerun extract)") from exc
-        if not all_finite(block):
-            raise FeatdynError(f"{self._where(layer, start, stop)}: {describe_nonfinite(block)}")
+        # No finite check here: the writer refused NaN and inf, the checksums prove the bytes are
+        # the writer's, and the statistics check their inputs anyway (naming store, layer, epoch).
         return block
 
     def batches(self, layer: str, batch: int | None = None, prefetch: bool = True) -> Iterator[tuple[int, np.ndarray]]:
