@@ -21,7 +21,7 @@ from PIL import Image
 
 from conftest import REPO, make_tree
 from featdyn import FeatdynError
-from featdyn.atomic import stale_temporaries
+from featdyn.atomic import stale_temporaries, write_text
 from featdyn.config import check
 from featdyn.datasets import ImageCache, SplitSpec, load_image, prepare
 from featdyn.filterwise import FilterAccumulator, filter_scores, map_distances
@@ -156,6 +156,38 @@ def test_filter_metrics_refuse_nan_inf_and_overflow_and_survive_1e150(kind):
             acc.update(xb, y, labels)
         with pytest.raises(FeatdynError, match=r"maps of the target \(B\)"):
             filter_scores(kind, y, xb, labels, device="cpu")
+
+
+def test_nan_in_a_store_stops_the_statistics_naming_store_layer_and_epoch(tmp_path, monkeypatch):
+    """A store with a NaN (as a featdyn without the writer's check made them): the statistics of
+    both granularities stop, naming the store, the layer and the epoch."""
+    import featdyn.stores as stores
+    from featdyn.similarity import filter_table_from_stores, pair_stats_from_stores, source_stats_from_store
+
+    good = tmp_path / "epoch_0.zarr"
+    write_store(good)
+    monkeypatch.setattr(stores, "check_activations", lambda *args, **kwargs: None)
+    data = activations(10, seed=1)
+    data["layer1.2.relu@3"][6, 2, 1, 0] = np.nan
+    bad = {}
+    for epoch in (0, 1):
+        bad[epoch] = tmp_path / f"nan_{epoch}.zarr"
+        with StoreWriter(bad[epoch], 10, LAYERS, {**ATTRS, "epoch": epoch}, chunk=4) as w:
+            for start in range(0, 10, 4):
+                stop = min(start + 4, 10)
+                w.write(start, {k: v[start:stop] for k, v in data.items()}, np.arange(start, stop) % 3,
+                        np.arange(start, stop) + 100)
+    layer = r"layer 'layer1.2.relu@3'"
+    with pytest.raises(FeatdynError, match=rf"activation store {bad[0]}, {layer}, epoch 0: activations \(X\): "
+                                           r"1 of 96 values are NaN or inf \(first: nan at index \(2, 2, 1, 0\)\)"):
+        source_stats_from_store(bad[0], device="cpu")
+    with pytest.raises(FeatdynError, match=rf"activation stores {good} and {bad[1]}, {layer}, epoch 1: "
+                                           r"activations \(Y\)"):
+        pair_stats_from_stores(good, bad[1], source_stats_from_store(good, device="cpu"), device="cpu")
+    with pytest.raises(FeatdynError, match=rf"activation stores {good} and {bad[1]}, {layer}, epoch 1: "
+                                           r"maps of the target \(B\): 1 of"):
+        filter_table_from_stores(good, bad[1], {"kind": "cka", "granularity": "filter"}, model="m", dataset="d",
+                                 metric="cka_f", device="cpu")
 
 
 def test_statistics_files_with_nan_are_refused_naming_file_and_array(tmp_path):
@@ -298,6 +330,12 @@ def test_a_full_disk_during_a_checkpoint_save_is_named(small_disk):
                                            r"0.0 MB free"):
         save_checkpoint(out, model, None, {"epoch": 1})
     assert list(small_disk.iterdir()) == [], "neither the checkpoint nor its temporary is left"
+    store = small_disk / "epoch_1.zarr"  # a store, and any file written through featdyn.atomic
+    with pytest.raises(FeatdynError, match=rf"cannot write {store}: No space left on device"):
+        write_store(store, n=4000, codec="none")
+    with pytest.raises(FeatdynError, match=rf"cannot write {small_disk / 'table.csv'}: No space left on device"):
+        write_text(small_disk / "table.csv", "x" * (3 << 20))
+    assert list(small_disk.iterdir()) == []
 
 
 # -- 8. a killed checkpoint save --------------------------------------------------------------------

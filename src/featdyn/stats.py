@@ -104,11 +104,12 @@ class Accumulator:
 
     def update(self, x, y=None) -> None:
         """Add the rows of ``x`` (and the matching rows of ``y``); maps are flattened by :func:`rows_of`."""
-        x = rows_of(x)
-        y = rows_of(y) if y is not None else None
+        # checked as given, so that the error's index is (image, channel, y, x) for maps
         check_finite(x, "activations (X)")
         if y is not None:
             check_finite(y, "activations (Y)")
+        x = rows_of(x)
+        y = rows_of(y) if y is not None else None
         if y is not None and y.shape[0] != x.shape[0]:
             raise FeatdynError(f"X has {x.shape[0]} rows but Y has {y.shape[0]}")
         budget = BLOCK_ELEMENTS.get(self.device.type, BLOCK_ELEMENTS["cpu"])
