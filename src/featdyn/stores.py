@@ -48,6 +48,8 @@ DIMS = ("image", "channel", "y", "x")
 MAX_CHUNK_BYTES = 16 << 20
 # Attributes two stores must share to be compared (besides their layer shapes).
 PAIR_KEYS = ("probe_sha256", "image_size", "layers", "model", "dataset", "arch")
+# How a user recomputes one damaged or stale store (README: "When something goes wrong").
+_RECOMPUTE = "recompute it with `snakemake -f {path}`, then run `snakemake` for what reads it"
 
 
 def array_name(layer: str) -> str:
@@ -248,8 +250,9 @@ class ActivationStore:
         try:
             return np.asarray(arr[:])
         except Exception as exc:  # noqa: BLE001 - any decoding failure: name the file
-            raise FeatdynError(f"activation store {self.path}: array {name!r} is unreadable ({exc}); "
-                               f"its chunk {self.path / name / arr.metadata.encode_chunk_key((0,))} is corrupt") from exc
+            raise FeatdynError(f"activation store {self.path}: array {name!r} is unreadable ({exc}): its chunk "
+                               f"{self.path / name / arr.metadata.encode_chunk_key((0,))} is corrupt; "
+                               f"{_RECOMPUTE.format(path=self.path)}") from exc
 
     def check_chunks(self) -> None:
         """Every chunk file that the arrays' chunk grids call for exists (zarr would read a missing
@@ -264,8 +267,7 @@ class ActivationStore:
                 if key not in present:
                     what = f"layer {arr.attrs.get('layer', name)!r}" if name not in ("labels", "index") else name
                     raise FeatdynError(f"activation store {self.path}: chunk file {folder / key} of {what} is missing "
-                                       f"(the store is damaged; remove it and rerun its extract job: "
-                                       f"snakemake --forcerun extract, or -R extract)")
+                                       f"(the store is damaged; {_RECOMPUTE.format(path=self.path)})")
 
     def array(self, layer: str) -> zarr.Array:
         if layer not in self.layers:
@@ -298,8 +300,7 @@ class ActivationStore:
             block = np.asarray(arr[start:stop])
         except Exception as exc:  # noqa: BLE001 - checksum mismatch, zstd error, truncated file...
             raise FeatdynError(f"{self._where(layer, start, stop)}: chunk {self._corrupt_chunk(arr, start, stop)} "
-                               f"is corrupt ({type(exc).__name__}: {exc}); remove the store and rerun its "
-                               f"extract job (snakemake --forcerun extract)") from exc
+                               f"is corrupt ({type(exc).__name__}: {exc}); {_RECOMPUTE.format(path=self.path)}") from exc
         # No finite check here: the writer refused NaN and inf, the checksums prove the bytes are
         # the writer's, and the statistics check their inputs anyway (naming store, layer, epoch).
         return block
@@ -338,8 +339,8 @@ def open_store(path: str | os.PathLike, expect: Mapping | None = None) -> Activa
             want = list(want)
         if have != want:
             raise FeatdynError(f"activation store {path}: attribute {key!r} is {have!r}, expected {want!r} "
-                               f"(the store was made from another checkpoint, probe set or setting; rerun its "
-                               f"extract job: snakemake --forcerun extract)")
+                               f"(the store was made from another checkpoint, probe set or setting; "
+                               f"{_RECOMPUTE.format(path=path)})")
     return store
 
 
