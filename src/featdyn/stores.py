@@ -92,11 +92,6 @@ def check_activations(layer: str, values: np.ndarray, dtype: np.dtype, where: st
                            f"range (+-{FLOAT16_MAX:.0f}); use extraction.dtype: float32")
 
 
-def check_float16_range(layer: str, values: np.ndarray) -> None:
-    """Refuse values that float16 cannot hold (|x| > 65504, inf, NaN) instead of storing inf."""
-    check_activations(layer, values, np.dtype(np.float16))
-
-
 class StoreWriter:
     """Write one activation store batch by batch; layer arrays are created on the first batch.
 
