@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -14,7 +16,7 @@ from . import FeatdynError
 from .bootstrap import (BootstrapSpec, FilterGroups, Replicates, bias_free_mean, layer_replicates,
                         load_filter_groups, resample_weights, small_matrix_threads)
 from .filterwise import FilterAccumulator, FilterScores
-from .metrics import from_stats
+from .metrics import DegenerateWarning, from_stats
 from .progress import Progress
 from .stats import (Accumulator, GroupAccumulator, PairStats, SideStats, image_groups, load_group_pairs,
                     load_group_sides, load_pairs, load_sides, stream_pair)
@@ -27,6 +29,19 @@ FILTER_COLUMNS = ["model", "dataset", "metric", "kind", "layer", "layer_index", 
                   "value", "images", "skipped"]
 
 log = logging.getLogger("featdyn.similarity")
+
+
+@contextlib.contextmanager
+def about(what: str, *paths: str | os.PathLike) -> Iterator[None]:
+    """Prefix a FeatdynError raised inside with ``what`` (the store or file, layer and epoch), so that
+    an error from the statistics or the metrics says which numbers it was computing; errors that
+    already name one of ``paths`` (the store reader's) pass as they are."""
+    try:
+        yield
+    except FeatdynError as exc:
+        if any(str(p) in str(exc) for p in paths):
+            raise
+        raise FeatdynError(f"{what}: {exc}") from exc
 
 
 def source_stats_from_store(path: str | os.PathLike, device: torch.device | str = "cpu",
@@ -44,34 +59,39 @@ def source_group_stats_from_store(path: str | os.PathLike, device: torch.device 
     store = open_store(path, {**(expect or {}), "epoch": 0})
     out, grouped = {}, {}
     for layer in store.layers:
-        acc = Accumulator(device)
-        gacc = GroupAccumulator(image_groups(store.n, groups), device) if groups else None
-        for start, block in store.batches(layer):
-            acc.update(block)
+        with about(f"activation store {path}, layer {layer!r}, epoch 0", path):
+            acc = Accumulator(device)
+            gacc = GroupAccumulator(image_groups(store.n, groups), device) if groups else None
+            for start, block in store.batches(layer):
+                acc.update(block)
+                if gacc is not None:
+                    gacc.update(start, block)
+            out[layer] = acc.side()
             if gacc is not None:
-                gacc.update(start, block)
-        out[layer] = acc.side()
-        if gacc is not None:
-            grouped[layer] = gacc.sides()
+                grouped[layer] = gacc.sides()
         log.info("source %s: n=%d, C=%d", layer, out[layer].n, out[layer].sum.shape[0])
     return out, grouped
 
 
 def pair_stats_from_stores(source_path: str | os.PathLike, target_path: str | os.PathLike,
                            source: Mapping[str, SideStats], device: torch.device | str = "cpu",
-                           expect: Mapping | None = None) -> dict[str, PairStats]:
-    """Per-layer cross statistics of (source, target), streamed chunk by chunk from both stores."""
-    return pair_group_stats_from_stores(source_path, target_path, source, device, expect)[0]
+                           expect: Mapping | None = None, *, source_attrs: Mapping | None = None,
+                           target_attrs: Mapping | None = None) -> dict[str, PairStats]:
+    """Per-layer cross statistics of (source, target), streamed chunk by chunk from both stores.
+    ``expect`` applies to both stores, ``source_attrs`` / ``target_attrs`` to one (epoch, checkpoint hash)."""
+    return pair_group_stats_from_stores(source_path, target_path, source, device, expect,
+                                        source_attrs=source_attrs, target_attrs=target_attrs)[0]
 
 
 def pair_group_stats_from_stores(source_path: str | os.PathLike, target_path: str | os.PathLike,
                                  source: Mapping[str, SideStats], device: torch.device | str = "cpu",
-                                 expect: Mapping | None = None,
+                                 expect: Mapping | None = None, *, source_attrs: Mapping | None = None,
+                                 target_attrs: Mapping | None = None,
                                  source_groups: Mapping[str, list[SideStats]] | None = None
                                  ) -> tuple[dict[str, PairStats], dict[str, list[PairStats]]]:
     """:func:`pair_stats_from_stores` and, from the same pass, each image group's statistics when
     ``source_groups`` (the source's per-group sides) is given: (pairs, group pairs)."""
-    src, tgt = open_pair(source_path, target_path, expect)
+    src, tgt = open_pair(source_path, target_path, expect, source=source_attrs, target=target_attrs)
     out, grouped = {}, {}
     for layer in src.layers:
         if layer not in source:
@@ -90,9 +110,11 @@ def pair_group_stats_from_stores(source_path: str | os.PathLike, target_path: st
                     gacc.update(start, xb, yb)
                 yield xb, yb
 
-        out[layer] = stream_pair(blocks(), device, source=source[layer])
-        if gacc is not None:
-            grouped[layer] = gacc.pairs()
+        with about(f"activation stores {source_path} and {target_path}, layer {layer!r}, "
+                   f"epoch {tgt.attrs.get('epoch')}", source_path, target_path):
+            out[layer] = stream_pair(blocks(), device, source=source[layer])
+            if gacc is not None:
+                grouped[layer] = gacc.pairs()
         log.info("epoch %s %s: n=%d", tgt.attrs.get("epoch"), layer, out[layer].n)
     return out, grouped
 
@@ -155,15 +177,21 @@ def score_layers_with_replicates(source_file: str | os.PathLike, epoch_files: Se
         groups = load_group_pairs(group_files[e], source_groups, device) if resample else {}
         column = []
         for i, (layer, stats) in enumerate(pairs.items()):
-            with small_matrix_threads(max(stats.xy.shape), device):
+            what = f"metrics.{metric} ({block['kind']}) of {path} (with {source_file}), layer {layer!r}, epoch {epoch}"
+            with about(what), warnings.catch_warnings(record=True) as caught, \
+                    small_matrix_threads(max(stats.xy.shape), device):
+                warnings.simplefilter("always", DegenerateWarning)
                 value = from_stats(block["kind"], stats, **params)
+            for w in caught:  # an undefined value (NaN) is reported with its layer and epoch
+                log.warning("%s: layer %s, epoch %s: %s", metric, layer, epoch, w.message)
             rows.append((model, dataset, metric, block["kind"], "layer", layer, i, int(epoch), value))
             if resample:
                 if layer not in groups:
                     raise FeatdynError(f"{group_files[e]}: no group statistics of layer {layer!r}")
                 if weights is None:
                     weights = resample_weights(len(groups[layer]), spec.resamples, spec.seed, dataset)
-                column.append(layer_replicates(groups[layer], weights, block["kind"], params))
+                with about(f"bootstrap of {what}"):
+                    column.append(layer_replicates(groups[layer], weights, block["kind"], params))
             elif boot:
                 column.append(np.full(spec.resamples, value))
         values.append(column)
@@ -180,22 +208,26 @@ def score_layers_with_replicates(source_file: str | os.PathLike, epoch_files: Se
 def filter_table_from_stores(source_path: str | os.PathLike, target_path: str | os.PathLike, block: Mapping, *,
                              model: str, dataset: str, metric: str,
                              device: torch.device | str | None = None,
-                             expect: Mapping | None = None) -> pd.DataFrame:
+                             expect: Mapping | None = None, source_attrs: Mapping | None = None,
+                             target_attrs: Mapping | None = None) -> pd.DataFrame:
     """Filter-granularity distances of one epoch against the source model (epoch 0), per layer,
-    class and filter (:data:`FILTER_COLUMNS`), streamed chunk by chunk from both stores."""
+    class and filter (:data:`FILTER_COLUMNS`), streamed chunk by chunk from both stores.
+    ``expect``, ``source_attrs``, ``target_attrs``: as in :func:`pair_stats_from_stores`."""
     return filter_tables_from_stores(source_path, target_path, block, model=model, dataset=dataset, metric=metric,
-                                     device=device, expect=expect)[0]
+                                     device=device, expect=expect, source_attrs=source_attrs,
+                                     target_attrs=target_attrs)[0]
 
 
 def filter_tables_from_stores(source_path: str | os.PathLike, target_path: str | os.PathLike, block: Mapping, *,
                               model: str, dataset: str, metric: str,
                               device: torch.device | str | None = None, expect: Mapping | None = None,
+                              source_attrs: Mapping | None = None, target_attrs: Mapping | None = None,
                               groups: int = 0) -> tuple[pd.DataFrame, dict[str, FilterGroups]]:
     """:func:`filter_table_from_stores` and, with ``groups`` > 0, the per-(image group, class,
     filter) sums and counts behind it (:class:`featdyn.bootstrap.FilterGroups`), from the same pass."""
     if block.get("granularity") != "filter":
         raise FeatdynError(f"metrics.{metric}: filter tables need granularity 'filter', got {block.get('granularity')!r}")
-    src, tgt = open_pair(source_path, target_path, expect)
+    src, tgt = open_pair(source_path, target_path, expect, source=source_attrs, target=target_attrs)
     epoch = int(tgt.attrs.get("epoch", -1))
     ids = image_groups(src.n, groups) if groups else None
     g_count = int(ids.max()) + 1 if groups else 0
@@ -204,12 +236,14 @@ def filter_tables_from_stores(source_path: str | os.PathLike, target_path: str |
         acc = FilterAccumulator(block["kind"], device=device)
         chunk = src.array(layer).chunks[0]
         progress = Progress(log, f"epoch {epoch} {layer}", -(-src.n // chunk))
-        for step, ((start, xb), (_, yb)) in enumerate(zip(src.batches(layer), tgt.batches(layer, chunk)), 1):
-            labels = src.labels[start:start + len(xb)]
-            # with groups, accumulate per (class, group): label class * G + group, split afterwards
-            acc.update(xb, yb, labels if ids is None else labels * g_count + ids[start:start + len(xb)])
-            progress.update(step, len(xb))
-        scores = acc.result()
+        with about(f"activation stores {source_path} and {target_path}, layer {layer!r}, epoch {epoch}",
+                   source_path, target_path):
+            for step, ((start, xb), (_, yb)) in enumerate(zip(src.batches(layer), tgt.batches(layer, chunk)), 1):
+                labels = src.labels[start:start + len(xb)]
+                # with groups, accumulate per (class, group): label class * G + group, split afterwards
+                acc.update(xb, yb, labels if ids is None else labels * g_count + ids[start:start + len(xb)])
+                progress.update(step, len(xb))
+            scores = acc.result()
         if ids is not None:
             grouped[layer] = FilterGroups.from_scores(scores, g_count)
             scores = grouped[layer].scores()

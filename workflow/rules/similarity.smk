@@ -1,14 +1,17 @@
 # Stage 4: float64 statistics of (source, epoch) per layer, then one score table per metric.
 # Each metric's parameter block is a `params` entry of its own score job, so changing or adding
 # one metric reruns only that metric and what reads it. Filter-granularity metrics compare the
-# stores' maps directly, one GPU job per (metric, model, dataset, epoch). Every statistics job also
-# keeps its statistics per image group (`groups` output) for the bootstrap intervals of the scores.
+# stores' maps directly, one GPU job per (metric, model, dataset, epoch). Every store is checked
+# against what the job expects (epoch, the sha256 of its checkpoint, model, dataset, layers, probe set).
+# Every statistics job also keeps its statistics per image group (`groups` output) for the bootstrap
+# intervals of the scores.
 
 
 rule source_stats:
     input:
         store=lambda w: store_dir(w.model, w.dataset, 0),
         summary=lambda w: data_files(w.dataset)["summary"],
+        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
     output:
         "results/stats/{model}/{dataset}/source.npz",
         groups=stats_groups("{model}", "{dataset}", "source"),
@@ -22,6 +25,7 @@ rule source_stats:
         gpu=1,
     params:
         device=config["device"],
+        layers=lambda w: fdconfig.layers_of(config, w.model),
         groups=BOOTSTRAP.stored_groups,
     script:
         "../scripts/source_stats.py"
@@ -34,6 +38,8 @@ rule layer_stats:
         source_stats="results/stats/{model}/{dataset}/source.npz",
         source_groups=stats_groups("{model}", "{dataset}", "source"),
         summary=lambda w: data_files(w.dataset)["summary"],
+        source_checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
+        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch),
     output:
         "results/stats/{model}/{dataset}/epoch_{epoch}.npz",
         groups=stats_groups("{model}", "{dataset}", "epoch_{epoch}"),
@@ -47,6 +53,7 @@ rule layer_stats:
         gpu=1,
     params:
         device=config["device"],
+        layers=lambda w: fdconfig.layers_of(config, w.model),
         groups=BOOTSTRAP.stored_groups,
     script:
         "../scripts/layer_stats.py"
@@ -57,6 +64,8 @@ rule filter_scores:
         source_store=lambda w: store_dir(w.model, w.dataset, 0),
         store=lambda w: store_dir(w.model, w.dataset, w.epoch),
         summary=lambda w: data_files(w.dataset)["summary"],
+        source_checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
+        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch),
     output:
         filter_table("{metric}", "{model}", "{dataset}", "{epoch}"),
         groups=filter_groups("{metric}", "{model}", "{dataset}", "{epoch}"),
@@ -73,6 +82,7 @@ rule filter_scores:
     params:
         metric=metric_block,
         device=config["device"],
+        layers=lambda w: fdconfig.layers_of(config, w.model),
         groups=BOOTSTRAP.stored_groups,
     script:
         "../scripts/filter_scores.py"
