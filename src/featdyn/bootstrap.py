@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ import numpy as np
 
 from . import FeatdynError
 from .atomic import atomic_path
+from .finite import check_finite
+
+# What a damaged .npz raises (as featdyn.stats reads its statistics files).
+NPZ_ERRORS = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile)
 
 if TYPE_CHECKING:
     from .filterwise import FilterScores
@@ -239,11 +244,15 @@ def save_filter_groups(path: str | os.PathLike, layers: Mapping[str, FilterGroup
 
 def load_filter_groups(path: str | os.PathLike) -> dict[str, FilterGroups]:
     try:
-        z = np.load(path)
-        return {str(layer): FilterGroups(z[f"{i}/classes"], z[f"{i}/sums"], z[f"{i}/counts"], z[f"{i}/skipped"])
-                for i, layer in enumerate(z["__layers__"])}
-    except (OSError, KeyError, ValueError) as exc:
-        raise FeatdynError(f"cannot read filter group file {path}: {exc}") from exc
+        with np.load(path) as z:
+            out = {str(layer): FilterGroups(z[f"{i}/classes"], z[f"{i}/sums"], z[f"{i}/counts"], z[f"{i}/skipped"])
+                   for i, layer in enumerate(z["__layers__"])}
+    except NPZ_ERRORS as exc:
+        raise FeatdynError(f"cannot read filter group file {path}: {type(exc).__name__}: {exc} (truncated or "
+                           f"damaged: remove it and rerun the filter_scores job that wrote it)") from exc
+    for layer, fg in out.items():
+        check_finite(fg.sums, f"filter group file {path}, layer {layer!r}")
+    return out
 
 
 # -- replicate tables ------------------------------------------------------------------------------
@@ -266,12 +275,18 @@ class Replicates:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Replicates:
+        # NaN replicates are legitimate (a metric undefined on one resample) and are left out of
+        # the intervals; inf is not.
         try:
-            z = np.load(path)
-            return cls(z["values"], [str(s) for s in z["layers"]], [int(e) for e in z["epochs"]], float(z["level"]),
-                       str(z["method"]))
-        except (OSError, KeyError, ValueError) as exc:
-            raise FeatdynError(f"cannot read bootstrap replicates {path}: {exc}") from exc
+            with np.load(path) as z:
+                reps = cls(z["values"], [str(s) for s in z["layers"]], [int(e) for e in z["epochs"]],
+                           float(z["level"]), str(z["method"]))
+        except NPZ_ERRORS as exc:
+            raise FeatdynError(f"cannot read bootstrap replicates {path}: {type(exc).__name__}: {exc} (truncated "
+                               f"or damaged: remove it and rerun the score job that wrote it)") from exc
+        if np.isinf(reps.values).any():
+            raise FeatdynError(f"bootstrap replicates {path} hold inf values")
+        return reps
 
     def interval(self, samples: np.ndarray, point) -> tuple[np.ndarray, np.ndarray]:
         """The interval of an estimate ``point`` from its replicates ``samples`` (derived from

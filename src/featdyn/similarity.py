@@ -142,6 +142,11 @@ def _with_intervals(rows: list[tuple], reps: Replicates) -> pd.DataFrame:
         point[li, ei] = df["value"].to_numpy()
         lo, hi = reps.interval(reps.values, point)
         df["ci_low"], df["ci_high"] = lo[li, ei], hi[li, ei]
+        undefined = np.isnan(reps.values).sum(axis=0)[li, ei]
+        if undefined.any():  # counted, never silently dropped
+            log.warning("undefined (NaN) resamples, left out of the intervals: %s",
+                        ", ".join(f"{r.layer} epoch {r.epoch}: {k} of {reps.resamples}"
+                                  for r, k in zip(df.itertuples(), undefined) if k))
         # The resamples of a distance are biased (fewer distinct images); say where the bias is
         # large against the interval (tables carry it in their `bias` column).
         bias = (bias_free_mean(reps.values) - point)[li, ei]
