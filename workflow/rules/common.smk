@@ -108,3 +108,42 @@ FILTER_TABLES = (
     if len(FILTER_METRICS) >= 2
     else []
 )
+
+# The qualitative figures (the visualize block): which epochs are columns, what ranks the filters.
+VISUALIZE = fdconfig.visualize_block(config)
+RANK_METRIC = fdconfig.rank_metric(config)
+
+
+def visual_epochs(model, dataset):
+    return fdconfig.visual_epochs(config, model, dataset)
+
+
+def units_table(model, dataset):
+    return f"results/figures/units_{model}_{dataset}.csv"
+
+
+def units_inputs(wildcards):
+    m, d = wildcards.model, wildcards.dataset
+    last = analysed_epochs(m, d)[-1]
+    inputs = {"summary": data_files(d)["summary"], "manifest": data_files(d)["manifest"], "source": store_dir(m, d, 0)}
+    if RANK_METRIC:
+        inputs["tables"] = [filter_table(RANK_METRIC, m, d, 0), filter_table(RANK_METRIC, m, d, last)]
+    else:
+        inputs["last"] = store_dir(m, d, last)
+    return inputs
+
+
+def visual_inputs(wildcards):
+    m, d = wildcards.model, wildcards.dataset
+    return data_files(d) | {
+        "units": units_table(m, d),
+        "stores": [store_dir(m, d, e) for e in visual_epochs(m, d)],
+    }
+
+
+VISUAL_FIGURES = [
+    f"results/figures/{kind}_{m}_{d}.{ext}"
+    for kind in ("patches", "heatmaps")
+    for m, d in RUNS
+    for ext in ("png", "pdf")
+]
