@@ -25,7 +25,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
@@ -47,8 +46,14 @@ CELL_IN, GAP_IN = 0.62, 0.05   # a grid panel and the gap between panels, inches
 
 
 def dataset_colours(datasets: Sequence[str]) -> dict[str, str]:
-    """The colour family (a seaborn sequential palette name) of each dataset, by position."""
+    """The colour family (a matplotlib sequential colormap) of each dataset, by position."""
     return {d: PALETTES[i % len(PALETTES)] for i, d in enumerate(datasets)}
+
+
+def _palette(family: str, n: int) -> list[tuple[float, float, float]]:
+    """``n`` evenly spaced colours of a sequential colormap, its two ends left out (what seaborn's
+    color_palette gives; matplotlib alone spares each figure job seaborn's scipy import)."""
+    return [tuple(c[:3]) for c in matplotlib.colormaps[family](np.linspace(0, 1, n + 2)[1:-1])]
 
 
 def dataset_colour(dataset: str, datasets: Sequence[str] | None = None) -> tuple[float, float, float]:
@@ -56,12 +61,12 @@ def dataset_colour(dataset: str, datasets: Sequence[str] | None = None) -> tuple
     title colour in the patch and heatmap grids."""
     datasets = list(datasets or [dataset])
     family = dataset_colours(datasets).get(dataset, PALETTES[-1])
-    return tuple(sns.color_palette(family, 6)[4])
+    return _palette(family, 6)[4]
 
 
 def _shades(family: str, n: int) -> list:
     """``n`` shades of ``family`` from light (early layer) to dark (deep layer), the lightest skipped."""
-    return sns.color_palette(family, n + 2)[2:]
+    return _palette(family, n + 2)[2:]
 
 
 def save_figure(fig: plt.Figure, png: str | os.PathLike, pdf: str | os.PathLike | None = None,
