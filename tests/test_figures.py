@@ -104,7 +104,7 @@ def test_tiny_run_figures(tiny_run):
         assert (nrows, cols) == (rows, 3), f"{kind}: the PNG shows {nrows} x {cols} panels"
         assert (fig / f"{kind}_mnet_colours.pdf").read_bytes()[:5] == b"%PDF-"
     assert (fig / "similarity_mnet.pdf").stat().st_size > 5_000
-    log = (tiny_run / "results/logs/figures/patches_mnet_colours.log").read_text()
+    log = (tiny_run / "results/logs/figures/visualize_mnet_colours.log").read_text()
     assert "receptive field features.3: 8x8 units, field 19x19 px" in log
 
 
@@ -117,12 +117,12 @@ def test_changing_the_visualize_block_reruns_only_the_figures(tiny_run, tmp_path
     data["visualize"] = {"patches": {"filters": [0, 3], "classes": ["class_1"]}, "heatmaps": {"images": 1}}
     cfg.write_text(yaml.safe_dump(data))
     counts = job_counts(snakemake(tmp_path, "--configfile", str(cfg), "-n", "--quiet", "rules").stdout)
-    assert counts == {"choose_units": 1, "class_patches": 1, "sample_heatmaps": 1, "all": 1, "total": 4}, counts
+    assert counts == {"visualize": 1, "all": 1, "total": 2}, counts
     # a bad class name stops the choice with the key named
     data["visualize"]["patches"]["classes"] = ["zebra"]
     cfg.write_text(yaml.safe_dump(data))
     proc = snakemake(tmp_path, "--configfile", str(cfg), "--cores", "1", "results/figures/units_mnet_colours.csv",
                      check=False)
     assert proc.returncode != 0
-    log = (tmp_path / "results/logs/figures/units_mnet_colours.log").read_text()
+    log = (tmp_path / "results/logs/figures/visualize_mnet_colours.log").read_text()
     assert "visualize.patches.classes" in log and "zebra" in log

@@ -61,7 +61,8 @@ def brute_boxes(model: nn.Module, layer: str, size: tuple[int, int], units) -> d
     for u, v in units:
         (g,) = torch.autograd.grad(out[0, :, u, v].sum(), x, retain_graph=True)
         ys, xs = np.nonzero(g.abs().sum(1)[0].numpy() > 0)
-        boxes[(u, v)] = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1) if len(ys) else (0, 0, 0, 0)
+        boxes[(u, v)] = ((int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1) if len(ys)
+                         else (0, 0, 0, 0))
     return boxes, tuple(out.shape[2:])
 
 

@@ -217,7 +217,7 @@ class _Grid:
             for j, ax in enumerate(row):
                 ax.set_position((((left + j * (CELL_IN + GAP_IN)) / w), y / h, CELL_IN / w, CELL_IN / h))
             if self.colorbars:
-                x = left + self.ncols * CELL_IN + (self.ncols - 1) * GAP_IN + 0.08
+                x = left + self.ncols * CELL_IN + (self.ncols - 1) * GAP_IN + 0.1
                 self.caxes[i].set_position((x / w, (y + 0.06) / h, 0.07 / w, (CELL_IN - 0.12) / h))
 
     def fit(self, pad: float = 0.08, top_only: bool = False) -> None:
@@ -266,6 +266,13 @@ class _Grid:
         self.fit(pad, top_only=True)
 
 
+def _checkerboard(h: int, w: int, squares: int = 8) -> np.ndarray:
+    """An (h, w) light-grey checkerboard of about ``squares`` squares a side: "no image here"."""
+    step = max(1, round(max(h, w) / squares))
+    yy, xx = np.mgrid[0:h, 0:w] // step
+    return np.where((yy + xx) % 2 == 0, 0.93, 0.78)
+
+
 def patch_row_label(cls: str, layer: str, filt: int, reason: str = "") -> str:
     tag = short_reason(reason)
     return f"{textwrap.fill(cls, 22)}\n{_wrap_layer(layer)}\nfilter {filt}" + (f"\n({tag})" if tag else "")
@@ -275,7 +282,7 @@ def patch_grid(rows, epochs: Sequence[int], *, title: str, colour=None, reasons:
                ) -> tuple[plt.Figure, dict]:
     """The class-average figure: ``rows`` (featdyn.visualize.PatchRow: class, layer, filter and a
     featdyn.patches.ClassPatch per epoch), one column per epoch in ``epochs`` (source first).
-    Grey: pixels no crop covers; hatched "dead": the filter's maximum is <= 0 in every image of
+    Checkerboard: pixels no crop covers; hatched "dead": the filter's maximum is <= 0 in every image of
     the class. Returns the figure and its layout (:meth:`_Grid.layout`)."""
     reasons = list(reasons or [""] * len(rows))
     with plt.rc_context(STYLE):
@@ -291,7 +298,9 @@ def patch_grid(rows, epochs: Sequence[int], *, title: str, colour=None, reasons:
                     ax.text(0.5, 0.5, "dead", transform=ax.transAxes, ha="center", va="center", fontsize=6.5,
                             color="0.25", bbox={"facecolor": "0.95", "edgecolor": "none", "pad": 1})
                     continue
-                ax.set_facecolor("0.82")
+                # a checkerboard under the patch: pixels outside every image (alpha 0) show it
+                h, w = mean.shape[:2]
+                ax.imshow(_checkerboard(h, w), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
                 rgba = np.zeros((*mean.shape[:2], 4))
                 covered = np.isfinite(mean[..., 0])
                 rgba[covered, :3] = np.clip(mean[covered] / 255.0, 0, 1)
@@ -300,14 +309,15 @@ def patch_grid(rows, epochs: Sequence[int], *, title: str, colour=None, reasons:
         grid.labels([patch_row_label(row.cls, row.layer, row.filter, why) for row, why in zip(rows, reasons)], epochs)
         grid.fit()
         grid.title(title, "Class-average input patterns: the activation-weighted mean of each image's input region "
-                   "at the filter's strongest unit (grey: outside every image; dead: no positive activation in "
-                   "the class).", colour or "black")
+                   "at the filter's strongest unit (checkerboard: outside every image; dead: no positive activation "
+                   "in the class).", colour or "black")
         return grid.fig, grid.layout()
 
 
 def heatmap_row_label(image_id: int, cls: str, layer: str, filt: int, reason: str = "") -> str:
     tag = short_reason(reason)
-    return f"{textwrap.fill(f'image {image_id} ({cls})', 22)}\n{_wrap_layer(layer)}\nfilter {filt}" + (f"\n({tag})" if tag else "")
+    head = textwrap.fill(f"image {image_id} ({cls})", 22)
+    return f"{head}\n{_wrap_layer(layer)}\nfilter {filt}" + (f"\n({tag})" if tag else "")
 
 
 def heatmap_grid(rows, epochs: Sequence[int], *, title: str, colour=None, reasons: Sequence[str] | None = None,
@@ -327,14 +337,18 @@ def heatmap_grid(rows, epochs: Sequence[int], *, title: str, colour=None, reason
                 ax = grid.axes[r][c]
                 ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="antialiased")
                 ax.imshow(fmap, cmap=cmap, norm=norm, alpha=alpha, interpolation="antialiased")
+            if hi <= lo:
+                # one value in every epoch: no scale to show (a 0..1 bar would suggest one)
+                grid.caxes[r].set_visible(False)
+                grid.axes[r][0].text(0.03, 0.04, f"constant {lo:.3g} in every epoch", fontsize=5.5, color="white",
+                                     transform=grid.axes[r][0].transAxes)
+                continue
             cb = grid.fig.colorbar(ScalarMappable(norm, cmap), cax=grid.caxes[r])
             cb.outline.set_linewidth(0.4)
             cb.ax.tick_params(labelsize=5.5, length=2, width=0.4, pad=1)
             cb.ax.yaxis.set_major_locator(MaxNLocator(3))
-            if hi <= lo:
-                grid.axes[r][0].text(0.03, 0.04, f"constant {lo:.3g}", transform=grid.axes[r][0].transAxes,
-                                     fontsize=5.5, color="white")
-        grid.caxes[0].set_title("activation", fontsize=6, pad=3)
+        grid.caxes[0].annotate("activation", xy=(0, 1), xycoords="axes fraction", xytext=(0, 3),
+                               textcoords="offset points", ha="left", va="bottom", fontsize=6)
         grid.labels([heatmap_row_label(row.image_id, row.cls, row.layer, row.filter, why)
                      for row, why in zip(rows, reasons)], epochs)
         grid.fit()

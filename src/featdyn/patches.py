@@ -82,8 +82,8 @@ def class_patch(images: np.ndarray, maps: np.ndarray, rf: ReceptiveField) -> Cla
         raise FeatdynError(f"layer {rf.layer!r}: maps of shape {maps.shape[1:]} do not match the receptive field's "
                            f"{rf.shape} (another image size or model?)")
     if images.shape[0] != maps.shape[0] or tuple(images.shape[1:3]) != tuple(rf.input_size):
-        raise FeatdynError(f"layer {rf.layer!r}: {images.shape[0]} images of {images.shape[1:3]} px for {maps.shape[0]} "
-                           f"maps at {rf.input_size} px")
+        raise FeatdynError(f"layer {rf.layer!r}: {images.shape[0]} images of {images.shape[1:3]} px for "
+                           f"{maps.shape[0]} maps at {rf.input_size} px")
     if not np.isfinite(maps).all():
         raise FeatdynError(f"layer {rf.layer!r}: the feature maps hold NaN or infinite values")
     (ylo, yhi), (xlo, xhi) = display_window(rf)

@@ -356,7 +356,8 @@ class ReceptiveField:
 
     def _check(self, u: int, v: int) -> None:
         if not (0 <= u < self.shape[0] and 0 <= v < self.shape[1]):
-            raise FeatdynError(f"unit ({u}, {v}) is outside layer {self.layer!r}'s {self.shape[0]} x {self.shape[1]} map")
+            raise FeatdynError(f"unit ({u}, {v}) is outside layer {self.layer!r}'s "
+                               f"{self.shape[0]} x {self.shape[1]} map")
 
     def window(self, u: int, v: int) -> tuple[int, int, int, int]:
         """(top, left, bottom, right), half-open and unclipped (may reach beyond the image): the
@@ -427,7 +428,8 @@ def receptive_field(model: nn.Module, layer: str, input_size: int | Sequence[int
     return _field(model, graph, outputs, layer, _pair(input_size, "input_size"))
 
 
-def receptive_fields(model: nn.Module, layers: Sequence[str], input_size: int | Sequence[int]) -> dict[str, ReceptiveField]:
+def receptive_fields(model: nn.Module, layers: Sequence[str],
+                     input_size: int | Sequence[int]) -> dict[str, ReceptiveField]:
     """:func:`receptive_field` of several layers of one model (traced once)."""
     graph, outputs = trace(model)
     return {layer: _field(model, graph, outputs, layer, _pair(input_size, "input_size")) for layer in layers}

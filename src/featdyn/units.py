@@ -76,7 +76,8 @@ def explicit_filters(spec, layer: str, channels: int, key: str) -> list[int] | N
     filters = list(spec)
     bad = [f for f in filters if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < channels]
     if bad:
-        raise FeatdynError(f"{key}: filters {bad} do not exist in layer {layer!r} ({channels} filters: 0..{channels - 1})")
+        raise FeatdynError(f"{key}: filters {bad} do not exist in layer {layer!r} "
+                           f"({channels} filters: 0..{channels - 1})")
     return list(dict.fromkeys(filters))
 
 

@@ -38,17 +38,19 @@ def open_stores(paths: Mapping[int, str | os.PathLike], expect: Mapping | None =
     for epoch in sorted(paths):
         source, store = open_pair(paths[0], paths[epoch], {**(expect or {})})
         if int(store.attrs.get("epoch", -1)) != epoch:
-            raise FeatdynError(f"activation store {paths[epoch]} holds epoch {store.attrs.get('epoch')}, expected {epoch}")
+            raise FeatdynError(f"activation store {paths[epoch]} holds epoch {store.attrs.get('epoch')}, "
+                               f"expected {epoch}")
         out[epoch] = store
     return out
 
 
-def filter_maps(store: ActivationStore, layer: str, filt: int) -> np.ndarray:
-    """(n, H, W) float64 maps of one filter for every probe image of ``store``."""
+def filter_maps(store: ActivationStore, layer: str, filt: int, rows: Sequence[int] | None = None) -> np.ndarray:
+    """(n, H, W) maps of one filter for the probe rows ``rows`` (store order; default all), in the
+    store's dtype: only the chunks that hold them are read."""
     arr = store.array(layer)
     if not 0 <= filt < arr.shape[1]:
         raise FeatdynError(f"layer {layer!r} has {arr.shape[1]} filters; filter {filt} does not exist ({store.path})")
-    maps = np.asarray(arr[:, filt], dtype=np.float64)
+    maps = np.asarray(arr[:, filt] if rows is None else arr.oindex[np.asarray(rows, dtype=np.int64), filt])
     if not np.isfinite(maps).all():
         raise FeatdynError(f"activation store {store.path}: layer {layer!r} filter {filt} holds NaN or infinite values")
     return maps
@@ -144,24 +146,27 @@ class PatchRow:
 
 def patch_rows(units: pd.DataFrame, stores: Mapping[int, ActivationStore], cache: ImageCache,
                fields: Mapping[str, ReceptiveField], epochs: Sequence[int]) -> list[PatchRow]:
-    """The class-average patches of every ``patches`` row of ``units``, per epoch in ``epochs``."""
+    """The class-average patches of every ``patches`` row of ``units``, per epoch in ``epochs``,
+    in the table's row order. One (layer, filter) is read at a time, from one epoch at a time, for
+    the probe images of the classes it is shown for."""
     source = stores[0]
-    images = probe_images(cache, source)
     labels = np.asarray(source.labels)
-    maps: dict[tuple[str, int, int], np.ndarray] = {}
-    rows = []
-    for r in units[units["figure"] == "patches"].to_dict("records"):
-        mask = labels == int(r["label"])
-        if not mask.any():
-            raise FeatdynError(f"class {r['class']!r} has no probe image in {source.path}")
-        per_epoch = []
+    table = units[units["figure"] == "patches"].reset_index(drop=True)
+    images = probe_images(cache, source)
+    out: dict[int, PatchRow] = {}
+    for (layer, filt), group in table.groupby(["layer", "filter"], sort=False):
+        classes = {i: labels == int(r["label"]) for i, r in group.iterrows()}
+        for i, mask in classes.items():
+            if not mask.any():
+                raise FeatdynError(f"class {group.loc[i, 'class']!r} has no probe image in {source.path}")
+            out[i] = PatchRow(str(group.loc[i, "class"]), layer, int(filt), [])
+        rows = np.flatnonzero(np.logical_or.reduce(list(classes.values())))
         for e in epochs:
-            key = (r["layer"], int(r["filter"]), e)
-            if key not in maps:
-                maps[key] = filter_maps(stores[e], r["layer"], int(r["filter"]))
-            per_epoch.append(class_patch(images[mask], maps[key][mask], fields[r["layer"]]))
-        rows.append(PatchRow(str(r["class"]), r["layer"], int(r["filter"]), per_epoch))
-    return rows
+            maps = filter_maps(stores[e], layer, int(filt), rows)
+            for i, mask in classes.items():
+                keep = mask[rows]
+                out[i].patches.append(class_patch(images[rows][keep], maps[keep], fields[layer]))
+    return [out[i] for i in range(len(table))]
 
 
 @dataclass
@@ -180,23 +185,26 @@ class HeatmapRow:
 
 def heatmap_rows(units: pd.DataFrame, stores: Mapping[int, ActivationStore], cache: ImageCache,
                  fields: Mapping[str, ReceptiveField], epochs: Sequence[int]) -> list[HeatmapRow]:
-    """The aligned heatmaps of every ``heatmaps`` row of ``units``, per epoch in ``epochs``."""
+    """The aligned heatmaps of every ``heatmaps`` row of ``units``, per epoch in ``epochs``, in the
+    table's row order. Only the chosen images' maps are read."""
     source = stores[0]
-    images = probe_images(cache, source)
     where = {int(i): p for p, i in enumerate(source.index)}
-    maps: dict[tuple[str, int, int], np.ndarray] = {}
-    rows = []
-    for r in units[units["figure"] == "heatmaps"].to_dict("records"):
-        image_id = int(r["image"])
-        if image_id not in where:
-            raise FeatdynError(f"image {image_id} is not a probe image of {source.path}")
-        p = where[image_id]
-        raw = []
+    table = units[units["figure"] == "heatmaps"].reset_index(drop=True)
+    missing = sorted({int(i) for i in table["image"]} - set(where))
+    if missing:
+        raise FeatdynError(f"images {missing} are not probe images of {source.path}")
+    positions = table["image"].map(lambda i: where[int(i)]).to_numpy()
+    images = probe_images(cache, source)
+    raw: dict[int, list[np.ndarray]] = {i: [] for i in range(len(table))}
+    for (layer, filt), group in table.groupby(["layer", "filter"], sort=False):
+        rows = sorted(set(positions[group.index]))
         for e in epochs:
-            key = (r["layer"], int(r["filter"]), e)
-            if key not in maps:
-                maps[key] = filter_maps(stores[e], r["layer"], int(r["filter"]))
-            raw.append(maps[key][p])
-        rows.append(HeatmapRow(images[p], image_id, str(r["class"]), r["layer"], int(r["filter"]),
-                               [aligned_map(m, fields[r["layer"]]) for m in raw], row_limits(raw)))
-    return rows
+            maps = filter_maps(stores[e], layer, int(filt), rows)
+            for i in group.index:
+                raw[i].append(maps[rows.index(positions[i])])
+    out = []
+    for i, r in table.iterrows():
+        field = fields[r["layer"]]
+        out.append(HeatmapRow(images[positions[i]], int(r["image"]), str(r["class"]), r["layer"], int(r["filter"]),
+                              [aligned_map(m, field) for m in raw[i]], row_limits(raw[i])))
+    return out

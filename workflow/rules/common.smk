@@ -122,23 +122,17 @@ def units_table(model, dataset):
     return f"results/figures/units_{model}_{dataset}.csv"
 
 
-def units_inputs(wildcards):
+def visualize_inputs(wildcards):
+    """The prepared dataset, the stores of the grid's epochs and what ranks the filters: the rank
+    metric's per-filter tables of epoch 0 and the last epoch, or else the last epoch's store."""
     m, d = wildcards.model, wildcards.dataset
     last = analysed_epochs(m, d)[-1]
-    inputs = {"summary": data_files(d)["summary"], "manifest": data_files(d)["manifest"], "source": store_dir(m, d, 0)}
+    inputs = data_files(d) | {"stores": [store_dir(m, d, e) for e in visual_epochs(m, d)]}
     if RANK_METRIC:
         inputs["tables"] = [filter_table(RANK_METRIC, m, d, 0), filter_table(RANK_METRIC, m, d, last)]
     else:
         inputs["last"] = store_dir(m, d, last)
     return inputs
-
-
-def visual_inputs(wildcards):
-    m, d = wildcards.model, wildcards.dataset
-    return data_files(d) | {
-        "units": units_table(m, d),
-        "stores": [store_dir(m, d, e) for e in visual_epochs(m, d)],
-    }
 
 
 VISUAL_FIGURES = [

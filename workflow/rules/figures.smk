@@ -22,74 +22,46 @@ rule similarity_curves:
         "../scripts/similarity_curves.py"
 
 
-# The qualitative half (the paper's Figs. 5-8), per (model, dataset): which units to show (written
-# down with the reasons), then the class-average patches and the sample heatmaps, read from the
-# image cache and the existing stores. Only these three read the visualize block.
+# The qualitative half (the paper's Figs. 5-8), one job per (model, dataset): which units to show
+# (written down with the reasons), the class-average patches and the sample heatmaps, read from the
+# image cache and the existing stores. One job: most of its time is importing torch, once. Only
+# this rule reads the visualize block, so editing the block reruns only it.
 
 
-rule choose_units:
+rule visualize:
     input:
-        unpack(units_inputs),
+        unpack(visualize_inputs),
     output:
-        report(
+        units=report(
             units_table("{model}", "{dataset}"),
             caption="../report/units.rst",
             category="Figures",
             subcategory="{model}",
         ),
-    log:
-        "results/logs/figures/units_{model}_{dataset}.log",
-    conda:
-        "../../envs/featdyn.yaml"
-    params:
-        visualize=VISUALIZE,
-        rank_metric=RANK_METRIC,
-        last_epoch=lambda w: analysed_epochs(w.model, w.dataset)[-1],
-    script:
-        "../scripts/choose_units.py"
-
-
-rule class_patches:
-    input:
-        unpack(visual_inputs),
-    output:
-        png=report(
+        patches=report(
             "results/figures/patches_{model}_{dataset}.png",
             caption="../report/patches.rst",
             category="Figures",
             subcategory="{model}",
         ),
-        pdf="results/figures/patches_{model}_{dataset}.pdf",
-    log:
-        "results/logs/figures/patches_{model}_{dataset}.log",
-    conda:
-        "../../envs/featdyn.yaml"
-    params:
-        epochs=lambda w: visual_epochs(w.model, w.dataset),
-        width=model_width,
-        datasets=DATASETS,
-    script:
-        "../scripts/class_patches.py"
-
-
-rule sample_heatmaps:
-    input:
-        unpack(visual_inputs),
-    output:
-        png=report(
+        patches_pdf="results/figures/patches_{model}_{dataset}.pdf",
+        heatmaps=report(
             "results/figures/heatmaps_{model}_{dataset}.png",
             caption="../report/heatmaps.rst",
             category="Figures",
             subcategory="{model}",
         ),
-        pdf="results/figures/heatmaps_{model}_{dataset}.pdf",
+        heatmaps_pdf="results/figures/heatmaps_{model}_{dataset}.pdf",
     log:
-        "results/logs/figures/heatmaps_{model}_{dataset}.log",
+        "results/logs/figures/visualize_{model}_{dataset}.log",
     conda:
         "../../envs/featdyn.yaml"
     params:
+        visualize=VISUALIZE,
+        rank_metric=RANK_METRIC,
         epochs=lambda w: visual_epochs(w.model, w.dataset),
+        last_epoch=lambda w: analysed_epochs(w.model, w.dataset)[-1],
         width=model_width,
         datasets=DATASETS,
     script:
-        "../scripts/sample_heatmaps.py"
+        "../scripts/visualize.py"
