@@ -28,6 +28,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
@@ -201,6 +202,7 @@ class _Grid:
                 spine.set_linewidth(0.5)
                 spine.set_color("0.55")
         self.margins = [2.0, 1.0, 1.2, 0.3]  # left, right, top, bottom (inches), refitted in fit()
+        self.decor: list = []                # the texts around the panels (fit() measures them)
         self._place()
 
     def _all(self):
@@ -221,20 +223,22 @@ class _Grid:
                 self.caxes[i].set_position((x / w, (y + 0.06) / h, 0.07 / w, (CELL_IN - 0.12) / h))
 
     def fit(self, pad: float = 0.08, top_only: bool = False) -> None:
-        """Shrink or grow the margins to the drawn labels' extent (they move with their panels)."""
-        for _ in range(2):
-            renderer = self.fig.canvas.get_renderer()
-            box = self.fig.get_tightbbox(renderer)  # inches
-            w, h = self.fig.get_size_inches()
-            left, right, top, bottom = self.margins
-            fitted = [left - box.x0 + pad, right - (w - box.x1) + pad, top - (h - box.y1) + pad,
-                      bottom - box.y0 + pad]
-            self.margins = [left, right, fitted[2], bottom] if top_only else fitted
-            self._place()
+        """Set the margins to the extent of the texts and colour bars around the panels. They are
+        anchored to the panels in points, so one measurement is exact whatever the figure's size
+        (and measuring only them is much cheaper than the whole figure's tight box)."""
+        renderer = self.fig.canvas.get_renderer()
+        boxes = [a.get_window_extent(renderer) for a in self.decor]
+        boxes += [c.get_tightbbox(renderer) for c in self.caxes if c.get_visible()]
+        boxes += [self.axes[0][0].get_window_extent(renderer), self.axes[-1][-1].get_window_extent(renderer)]
+        box = Bbox.union(boxes).transformed(self.fig.dpi_scale_trans.inverted())  # inches
+        w, h = self.fig.get_size_inches()
+        left, right, top, bottom = self.margins
+        fitted = [left - box.x0 + pad, right - (w - box.x1) + pad, top - (h - box.y1) + pad, bottom - box.y0 + pad]
+        self.margins = [left, right, fitted[2], bottom] if top_only else fitted
+        self._place()
 
     def layout(self) -> dict:
         """Rows, columns and the panels' pixel box (x0, y0, x1, y1 from the top left) in the PNG."""
-        self.fig.canvas.draw()
         h = self.fig.get_size_inches()[1] * DPI
         first, last = self.axes[0][0].get_position(), self.axes[-1][-1].get_position()
         w_px = self.fig.get_size_inches()[0] * DPI
@@ -244,10 +248,11 @@ class _Grid:
 
     def labels(self, row_labels: Sequence[str], epochs: Sequence[int]) -> None:
         for ax, label in zip((row[0] for row in self.axes), row_labels):
-            ax.annotate(label, xy=(0, 0.5), xycoords="axes fraction", xytext=(-4, 0), textcoords="offset points",
-                        ha="right", va="center", fontsize=6.5, linespacing=1.15)
+            self.decor.append(ax.annotate(label, xy=(0, 0.5), xycoords="axes fraction", xytext=(-4, 0),
+                                          textcoords="offset points", ha="right", va="center", fontsize=6.5,
+                                          linespacing=1.15))
         for ax, epoch in zip(self.axes[0], epochs):
-            ax.set_title(epoch_title(epoch), fontsize=7, pad=3)
+            self.decor.append(ax.set_title(epoch_title(epoch), fontsize=7, pad=3))
 
     def title(self, title: str, subtitle: str, colour, pad: float = 0.08) -> None:
         """A title and a grey subtitle above the column titles, from the figure's left edge, wrapped
@@ -260,9 +265,10 @@ class _Grid:
         sub = ax.annotate(textwrap.fill(subtitle, chars), xy=(0, 1), xycoords="axes fraction",
                           xytext=(left, above + 5), textcoords="offset points", ha="left", va="bottom",
                           fontsize=6.5, color="0.35", linespacing=1.15)
-        ax.annotate(textwrap.fill(title, int(chars * 6.5 / 8 * 0.9)), xy=(0, 1), xycoords=sub, xytext=(0, 2),
-                    textcoords="offset points", ha="left", va="bottom", fontsize=8, fontweight="bold",
-                    color=colour, linespacing=1.1)
+        head = ax.annotate(textwrap.fill(title, int(chars * 6.5 / 8 * 0.9)), xy=(0, 1), xycoords=sub, xytext=(0, 2),
+                           textcoords="offset points", ha="left", va="bottom", fontsize=8, fontweight="bold",
+                           color=colour, linespacing=1.1)
+        self.decor += [sub, head]
         self.fit(pad, top_only=True)
 
 
@@ -275,7 +281,7 @@ def _checkerboard(h: int, w: int, squares: int = 8) -> np.ndarray:
 
 def patch_row_label(cls: str, layer: str, filt: int, reason: str = "") -> str:
     tag = short_reason(reason)
-    return f"{textwrap.fill(cls, 22)}\n{_wrap_layer(layer)}\nfilter {filt}" + (f"\n({tag})" if tag else "")
+    return f"{textwrap.fill(f'class {cls}', 22)}\n{_wrap_layer(layer)}\nfilter {filt}" + (f"\n({tag})" if tag else "")
 
 
 def patch_grid(rows, epochs: Sequence[int], *, title: str, colour=None, reasons: Sequence[str] | None = None
@@ -316,7 +322,7 @@ def patch_grid(rows, epochs: Sequence[int], *, title: str, colour=None, reasons:
 
 def heatmap_row_label(image_id: int, cls: str, layer: str, filt: int, reason: str = "") -> str:
     tag = short_reason(reason)
-    head = textwrap.fill(f"image {image_id} ({cls})", 22)
+    head = textwrap.fill(f"image {image_id}, class {cls}", 22)
     return f"{head}\n{_wrap_layer(layer)}\nfilter {filt}" + (f"\n({tag})" if tag else "")
 
 
@@ -340,15 +346,18 @@ def heatmap_grid(rows, epochs: Sequence[int], *, title: str, colour=None, reason
             if hi <= lo:
                 # one value in every epoch: no scale to show (a 0..1 bar would suggest one)
                 grid.caxes[r].set_visible(False)
-                grid.axes[r][0].text(0.03, 0.04, f"constant {lo:.3g} in every epoch", fontsize=5.5, color="white",
-                                     transform=grid.axes[r][0].transAxes)
+                for ax in grid.axes[r]:
+                    ax.text(0.5, 0.06, f"constant {lo:.3g}", fontsize=5.5, color="white", ha="center",
+                            transform=ax.transAxes)
                 continue
             cb = grid.fig.colorbar(ScalarMappable(norm, cmap), cax=grid.caxes[r])
             cb.outline.set_linewidth(0.4)
             cb.ax.tick_params(labelsize=5.5, length=2, width=0.4, pad=1)
             cb.ax.yaxis.set_major_locator(MaxNLocator(3))
-        grid.caxes[0].annotate("activation", xy=(0, 1), xycoords="axes fraction", xytext=(0, 3),
-                               textcoords="offset points", ha="left", va="bottom", fontsize=6)
+        shown = [c for c in grid.caxes if c.get_visible()]
+        if shown:
+            grid.decor.append(shown[0].annotate("activation", xy=(0, 1), xycoords="axes fraction", xytext=(0, 3),
+                                                textcoords="offset points", ha="left", va="bottom", fontsize=6))
         grid.labels([heatmap_row_label(row.image_id, row.cls, row.layer, row.filter, why)
                      for row, why in zip(rows, reasons)], epochs)
         grid.fit()
