@@ -13,7 +13,7 @@ import yaml
 from matplotlib.collections import PolyCollection
 from PIL import Image
 
-from conftest import job_counts, snakemake, tiny_config
+from conftest import REPO, job_counts, snakemake, tiny_config
 from featdyn.figures import LOWER, similarity_curves
 
 
@@ -87,6 +87,13 @@ def png_grid(path) -> tuple[int, int, dict]:
 
     # the white gaps run the whole height (width) of the block
     return runs(ink.any(axis=0)), runs(ink.any(axis=1)), meta
+
+
+@pytest.mark.workflow
+def test_demo_draws_every_figure():
+    proc = snakemake(REPO, "-n", "--forceall", "--quiet", "rules")
+    counts = job_counts(proc.stdout)
+    assert counts["visualize"] == 2 and counts["similarity_curves"] == 1, counts
 
 
 @pytest.mark.workflow

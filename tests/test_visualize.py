@@ -245,3 +245,75 @@ def test_visualize_block_checks_name_the_key():
             fdconfig.check_visualize(cfg | {"visualize": block})
     fdconfig.check_visualize(cfg | {"visualize": {"rank_by": "stores", "patches": {"layers": ["features.3"]}}})
     assert fdconfig.rank_metric(cfg | {"visualize": {"rank_by": "stores"}}) is None
+
+
+# -- through real stores and an image cache ------------------------------------------------------------
+
+def make_run(tmp_path, maps_by_epoch: dict[int, np.ndarray], labels: np.ndarray):
+    """A prepared dataset (manifest + uint8 cache, every image a probe image) and one activation
+    store per epoch holding ``maps_by_epoch[e]`` as layer '1' (chunks of 4 images)."""
+    import pandas as pd
+
+    from featdyn.datasets import MANIFEST_COLUMNS, ImageCache, probe_hash
+    from featdyn.stores import StoreWriter
+
+    n = len(labels)
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = pd.DataFrame({"index": np.arange(n), "path": [f"img_{i}.png" for i in range(n)], "label": labels,
+                             "class": [f"c{k}" for k in labels], "split": "test", "probe": True})[MANIFEST_COLUMNS]
+    manifest.to_csv(data / "manifest.csv", index=False)
+    images = np.random.default_rng(1).integers(0, 256, size=(n, S, S, 3), dtype=np.uint8)
+    np.save(data / "cache.npy", images)
+    attrs = {"probe_sha256": probe_hash(manifest.assign(probe=True)), "image_size": S, "model": "m",
+             "dataset": "d", "arch": "box"}
+    paths = {}
+    for e, maps in maps_by_epoch.items():
+        paths[e] = tmp_path / f"epoch_{e}.zarr"
+        with StoreWriter(paths[e], n, ["1"], attrs | {"epoch": e}, chunk=4) as w:
+            w.write(0, {"1": maps.astype(np.float32)}, labels, np.arange(n))
+    return ImageCache(data), paths, images
+
+
+def test_units_patches_and_heatmaps_from_stores(tmp_path):
+    from featdyn.filterwise import filter_scores
+    from featdyn.visualize import heatmap_rows, open_stores, patch_rows, units_for_run
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1, 0, 1, 1, 0, 0, 1, 1, 0])
+    m0 = rng.random((10, 3, 16, 16))
+    # filter 0 unchanged, filter 1 a little noise, filter 2 replaced: most changed is 2, least 0
+    m1 = m0.copy()
+    m1[:, 1] += 0.05 * rng.random((10, 16, 16))
+    m1[:, 2] = rng.random((10, 16, 16))
+    cache, paths, images = make_run(tmp_path, {0: m0, 1: m1}, labels)
+    stores = open_stores(paths)
+    block = with_defaults({"patches": {"layers": [0], "filters": 2, "classes": 1},
+                           "heatmaps": {"layers": [0], "filters": [1], "images": [7, 2]}})
+    units = units_for_run(block, model="m", dataset="d", cache=cache, source=stores[0], last=stores[1],
+                          last_epoch=1)
+    want = filter_scores("procrustes", m0.astype(np.float32), m1.astype(np.float32), labels).per_filter()
+    assert np.argmax(want) == 2 and np.argmin(want) == 0
+    patches = units[units["figure"] == "patches"]
+    assert list(patches["filter"]) == [2, 0] and patches["reason"].str.contains("from the stores").all()
+    heat = units[units["figure"] == "heatmaps"]
+    assert list(heat["image"]) == [7, 2] and list(heat["path"]) == ["img_7.png", "img_2.png"]
+
+    rf = receptive_field(box_detector(), "1", S)
+    rows = patch_rows(units, stores, cache, {"1": rf}, [0, 1])
+    for row, unit in zip(rows, patches.to_dict("records")):
+        mask = labels == unit["label"]
+        for e, maps in enumerate((m0, m1)):
+            expect = class_patch(images[mask], maps[mask, unit["filter"]].astype(np.float32), rf)
+            np.testing.assert_allclose(row.patches[e].total, expect.total)
+            assert row.patches[e].units == expect.units
+    hrows = heatmap_rows(units, stores, cache, {"1": rf}, [0, 1])
+    for row, image in zip(hrows, (7, 2)):
+        np.testing.assert_array_equal(row.image, images[image])
+        raw = [m[image, 1].astype(np.float32) for m in (m0, m1)]
+        np.testing.assert_allclose(row.maps[1], aligned_map(raw[1], rf))
+        assert row.limits == row_limits(raw)
+    with pytest.raises(FeatdynError, match="epoch 0"):
+        open_stores({1: paths[1]})
+    with pytest.raises(FeatdynError, match="holds epoch 1, expected 2"):
+        open_stores({0: paths[0], 2: paths[1]})
