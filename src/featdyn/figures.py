@@ -322,7 +322,7 @@ def patch_grid(rows, epochs: Sequence[int], *, title: str, colour=None, reasons:
 
 def heatmap_row_label(image_id: int, cls: str, layer: str, filt: int, reason: str = "") -> str:
     tag = short_reason(reason)
-    head = textwrap.fill(f"image {image_id}, class {cls}", 22)
+    head = f"image {image_id}\n{textwrap.fill(f'class {cls}', 22)}"
     return f"{head}\n{_wrap_layer(layer)}\nfilter {filt}" + (f"\n({tag})" if tag else "")
 
 
