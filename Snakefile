@@ -20,6 +20,10 @@ if not getattr(workflow, "overwrite_configfiles", None):
     configfile: "config/config.yaml"
 
 
+# Unknown keys first, each with the closest valid one (a misspelt block would silently use defaults).
+from featdyn.schema import check_config_keys
+
+check_config_keys(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

@@ -245,6 +245,14 @@ def test_visualize_block_checks_name_the_key():
             fdconfig.check_visualize(cfg | {"visualize": block})
     fdconfig.check_visualize(cfg | {"visualize": {"rank_by": "stores", "patches": {"layers": ["features.3"]}}})
     assert fdconfig.rank_metric(cfg | {"visualize": {"rank_by": "stores"}}) is None
+    # a misspelt key of the block is refused by the schema, with the closest valid key
+    from conftest import REPO
+    from featdyn.schema import check_keys
+
+    with pytest.raises(FeatdynError, match=r"visualize\.patches\.clases.*visualize\.patches\.classes"):
+        check_keys(cfg | {"visualize": {"patches": {"clases": 2}}}, REPO / "workflow/schemas/config.schema.yaml")
+    check_keys(cfg | {"visualize": {"patches": {"filters": {"features.1": [0]}}, "heatmaps": {"images": [3]}}},
+               REPO / "workflow/schemas/config.schema.yaml")
 
 
 # -- through real stores and an image cache ------------------------------------------------------------

@@ -1,5 +1,8 @@
 # Helpers shared by all modules: config resolution and the input functions.
+import os
 from pathlib import Path
+
+from snakemake.logging import logger
 
 from featdyn import FeatdynError
 from featdyn import config as fdconfig
@@ -108,6 +111,41 @@ FILTER_TABLES = (
     if len(FILTER_METRICS) >= 2
     else []
 )
+
+
+# Intermediates that a complete run keeps, by the rule that writes them. When the tables exist,
+# Snakemake considers them up to date even if one of these was deleted (a failed job's output
+# is removed), and may report "Nothing to be done": say so at start-up, with the command.
+def kept_intermediates():
+    files = {}
+    for m, d in RUNS:
+        for e in range(final_epoch(m, d) + 1):
+            files[f"results/checkpoints/{m}/{d}/epoch_{e}.json"] = "finetune_epoch"
+        for e in analysed_epochs(m, d):
+            files[store_dir(m, d, e)] = "extract"
+            for s in FILTER_METRICS:
+                files[filter_table(s, m, d, e)] = "filter_scores"
+            if len(FILTER_METRICS) < len(METRICS):
+                files[f"results/stats/{m}/{d}/epoch_{e}.npz"] = "layer_stats"
+    return files
+
+
+def warn_missing_intermediates():
+    if not workflow.is_main_process or not os.path.exists("results/tables/table2_reusability.csv"):
+        return
+    missing = {path: rule for path, rule in kept_intermediates().items() if not os.path.exists(path)}
+    if missing:
+        rules = " ".join(dict.fromkeys(missing.values()))
+        logger.warning(
+            f"featdyn: the tables exist but {len(missing)} intermediate file(s) of a complete run are missing "
+            f"(e.g. {next(iter(missing))}). Snakemake reruns only what a target needs, so it may report "
+            f"'Nothing to be done'. Recompute them by naming them as targets (snakemake {next(iter(missing))} "
+            f"...), then run snakemake again; or rerun every job of their rules and what follows: "
+            f"snakemake --forcerun {rules} (README: 'When something goes wrong')."
+        )
+
+
+warn_missing_intermediates()
 
 # The qualitative figures (the visualize block): which epochs are columns, what ranks the filters.
 VISUALIZE = fdconfig.visualize_block(config)
