@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 from matplotlib.collections import PolyCollection
+from matplotlib.legend import Legend
 from PIL import Image
 
 from conftest import REPO, job_counts, snakemake, tiny_config
@@ -44,7 +45,7 @@ def test_similarity_curves_png_and_pdf(tmp_path):
         assert LOWER in ax.get_ylabel(), "every panel states the metric's direction"
         assert not any(isinstance(c, PolyCollection) for c in ax.collections), "no bands without intervals"
     # the legend lists the layers early to deep (layer_index order), as the paper's legends
-    texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    texts = [t.get_text() for leg in fig.findobj(Legend) for t in leg.get_texts()]
     assert [t for t in texts if t.startswith("l")] == ["l0", "l1", "l2"]
 
 

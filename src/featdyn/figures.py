@@ -110,8 +110,11 @@ def similarity_curves(scores: pd.DataFrame, model: str, out: str | os.PathLike,
     nrows, ncols = _panel_shape(len(metrics))
     spare = nrows * ncols - len(metrics)
     with plt.rc_context(STYLE):
+        # The legends go in the free cells of the last row, or else in a column of their own: inside
+        # the grid, so that the title above and the panels beside never overlap them.
         fig = plt.figure(figsize=(2.7 * ncols + (0 if spare else 1.5), 2.3 * nrows), layout="constrained")
-        grid = fig.add_gridspec(nrows, ncols)
+        grid = fig.add_gridspec(nrows, ncols + (0 if spare else 1),
+                                width_ratios=[1] * ncols + ([] if spare else [0.55]))
         for i, metric in enumerate(metrics):
             ax = fig.add_subplot(grid[i // ncols, i % ncols])
             sub = sc[sc["metric"] == metric]
@@ -142,15 +145,20 @@ def similarity_curves(scores: pd.DataFrame, model: str, out: str | os.PathLike,
         handles_d = [Line2D([], [], color=dataset_colour(d, datasets), lw=2.5, label=d) for d in datasets]
         greys = _shades("Greys", len(layers))
         handles_l = [Line2D([], [], color=greys[i], lw=2, label=layer) for i, layer in enumerate(layers)]
+        lax = fig.add_subplot(grid[nrows - 1, ncols - spare:] if spare else grid[:, ncols])
+        lax.axis("off")
         if spare:
-            lax = fig.add_subplot(grid[nrows - 1, ncols - spare:])
-            lax.axis("off")
             first = lax.legend(handles=handles_d, title="dataset", loc="upper left", frameon=False)
             lax.add_artist(first)
             lax.legend(handles=handles_l, title="layer (early → deep)", loc="upper right", frameon=False)
         else:
-            fig.legend(handles=handles_d + [Line2D([], [], lw=0, label=" ")] + handles_l, loc="outside right upper",
-                       frameon=False, title="dataset;\nlayer (early → deep)")
+            first = lax.legend(handles=handles_d, title="dataset", loc="upper left", frameon=False,
+                               bbox_to_anchor=(0, 1))
+            lax.add_artist(first)
+            # below the dataset legend: its entries and title, ~0.14 in a line, in the column's height
+            below = 1 - (len(datasets) + 2.2) * 0.14 / (fig.get_size_inches()[1] - 0.4)
+            lax.legend(handles=handles_l, title="layer (early → deep)", loc="upper left", frameon=False,
+                       bbox_to_anchor=(0, below))
         fig.suptitle(f"{model}: distance to the source model during fine-tuning ({LOWER})")
         save_figure(fig, out, pdf)
     return fig
