@@ -60,4 +60,5 @@ rule all:
         "results/tables/table2_reusability.tex",
         "results/tables/table2_layers.csv",
         "results/summary.md",
-        expand("results/figures/similarity_{model}.png", model=MODELS),
+        expand("results/figures/similarity_{model}.{ext}", model=MODELS, ext=("png", "pdf")),
+        VISUAL_FIGURES,
