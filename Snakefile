@@ -20,6 +20,10 @@ if not getattr(workflow, "overwrite_configfiles", None):
     configfile: "config/config.yaml"
 
 
+# Unknown keys first, each with the closest valid one (a misspelt block would silently use defaults).
+from featdyn.schema import check_config_keys
+
+check_config_keys(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -52,4 +56,9 @@ rule all:
         "results/tables/table2_reusability.csv",
         "results/tables/table2_reusability.md",
         "results/tables/metric_correlation.csv",
-        expand("results/figures/similarity_{model}.png", model=MODELS),
+        "results/tables/table1_accuracy.tex",
+        "results/tables/table2_reusability.tex",
+        "results/tables/table2_layers.csv",
+        "results/summary.md",
+        expand("results/figures/similarity_{model}.{ext}", model=MODELS, ext=("png", "pdf")),
+        VISUAL_FIGURES,

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from . import FeatdynError
+from .finite import check_finite
 from .linalg import (blas_threads, bmm, cpu_workers, eig_nuclear_norms, parallel_map, polar_nuclear_norm,
                      resolve_device, svd_nuclear_norms)
 
@@ -120,7 +121,7 @@ def _unit_deflated(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     that norm at most DEAD_RTOL of the raw map's, ||A||^2 = ||A*||^2 + sum_h (row sum_h)^2 / W."""
     d, sums = _deflate_with_sums(maps)
     norm = torch.linalg.matrix_norm(d)
-    raw = (norm**2 + (sums**2).sum((-2, -1)) / maps.shape[-1]).sqrt()
+    raw = (norm**2 + ((sums / math.sqrt(maps.shape[-1]))**2).sum((-2, -1))).sqrt()  # no overflow (check_maps)
     dead = norm <= DEAD_RTOL * raw
     return d / torch.where(dead, torch.ones_like(norm), norm)[..., None, None], dead
 
@@ -184,6 +185,17 @@ MAP_DISTANCES: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
     "procrustes": procrustes_maps, "cka": cka_maps}
 
 
+def check_maps(a, b) -> None:
+    """Refuse map pairs with NaN or inf, and maps so large that their float64 Frobenius norms
+    would overflow (|x|^2 H W > 1.8e308: every such pair would otherwise count as dead)."""
+    top = max(check_finite(a, "maps of the source (A)"), check_finite(b, "maps of the target (B)"))
+    h, w = a.shape[-2:]
+    limit = math.sqrt(torch.finfo(torch.float64).max / (h * w)) / 2
+    if top > limit:
+        raise FeatdynError(f"maps with values up to {top:.3g} overflow float64 map norms (limit {limit:.3g} for "
+                           f"{h} x {w} maps); such values cannot be compared")
+
+
 def check_kind(kind: str, method: str = "auto") -> None:
     if kind not in MAP_DISTANCES:
         raise FeatdynError(f"filter granularity exists for {list(FILTER_KINDS)}, not {kind!r}")
@@ -212,6 +224,7 @@ def _map_distances(kind: str, a, b, method: str, device: torch.device | str | No
     ta, tb = torch.as_tensor(a), torch.as_tensor(b)
     if ta.shape != tb.shape or ta.ndim < 2:
         raise FeatdynError(f"map pairs must have the same shape (..., H, W): got {tuple(ta.shape)} and {tuple(tb.shape)}")
+    check_maps(ta, tb)
     dev = resolve_device(device, ta)
     cpu = dev.type == "cpu"
     if method == "auto" and not cpu:
@@ -298,8 +311,10 @@ class FilterAccumulator:
         if getattr(x, "ndim", 0) != 4 or len(labels) != x.shape[0]:
             raise FeatdynError(f"expected (B, C, H, W) maps with B = {len(labels)} labels, got shape "
                                f"{tuple(getattr(x, 'shape', ()))}")
+        # inputs checked there; with 'auto', the path its probe chose serves the later batches
         values, valid, self._method = _map_distances(self.kind, x, y, self._method, self.device)
         values, valid = values.numpy(), valid.numpy()
+        check_finite(values, f"{self.kind} map distances")  # a non-finite value is never averaged in
         for label in np.unique(labels):
             rows = labels == label
             c = values.shape[1]

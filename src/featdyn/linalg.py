@@ -7,6 +7,7 @@ cuSOLVER's batched eigensolver fails on very large batches (65,536 matrices of 1
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +17,9 @@ import numpy as np
 import torch
 
 try:  # limits numpy's BLAS threads (OpenBLAS); without it numpy keeps its own thread count
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController, threadpool_limits
 except ImportError:  # pragma: no cover - threadpoolctl is pinned in requirements.txt
-    threadpool_limits = None
+    ThreadpoolController = threadpool_limits = None
 
 # eigvalsh of M^T M gives sigma^2; a tiny eigenvalue carries an absolute error of about
 # eps * sigma_max^2, so its square root is off by up to sqrt(eps) * sigma_max (1.5e-8). That is
@@ -101,13 +102,19 @@ def cpu_workers() -> int:
     return max(1, torch.get_num_threads())
 
 
+@functools.cache
+def _blas_controller():
+    # inspecting the loaded libraries costs ~2 ms; what they are does not change once numpy is in
+    return ThreadpoolController()
+
+
 @contextmanager
 def blas_threads(n: int) -> Iterator[None]:
     """Run the block with numpy's BLAS (OpenBLAS) on ``n`` threads (no-op without threadpoolctl)."""
     if threadpool_limits is None:
         yield
     else:
-        with threadpool_limits(max(1, int(n)), user_api="blas"):
+        with _blas_controller().limit(limits=max(1, int(n)), user_api="blas"):
             yield
 
 

@@ -13,7 +13,8 @@ The source side (n, sum_x, X^T X) does not depend on the epoch: it is computed o
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 
 from . import FeatdynError
 from .atomic import atomic_path
+from .finite import all_finite, check_finite
 from .linalg import as_tensor, blas_threads, cpu_workers, parallel_map, threadpool_limits
 
 # Elements per float64 block and side: bounds the working memory of one update. On a CPU 32 MiB
@@ -29,12 +31,16 @@ from .linalg import as_tensor, blas_threads, cpu_workers, parallel_map, threadpo
 # float64 matmul units busy (256 MiB).
 BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
 
-# X^T X is symmetric: a Gram product needs half the work of a general one. On a CPU numpy's
-# BLAS does that (it sends B^T B to syrk: 0.46 of MKL's general product here, against 0.70 for
-# torch matmuls over panels, and its X^T Y took 0.85 of MKL's); on a GPU (and without
-# threadpoolctl) torch multiplies only the column panels on and right of the diagonal, (k + 1) / 2k
-# of the full product for k panels, and the lower triangle is mirrored when the statistics are read.
-GRAM_PANEL = {"cpu": 128, "cuda": 256}
+# The products of a block, on a CPU: one BLAS syrk of the stacked block [X | Y] (numpy sends
+# Z^T Z to syrk) gives X^T X, X^T Y and Y^T Y for the price of the products the statistics need,
+# X^T Y and half of each symmetric Gram (measured: 2.00 general products), and computes every
+# entry with the same arithmetic: a representation against itself gives X^T Y == X^T X bit for
+# bit, also against a side accumulated alone (syrk of X), so that the source model at epoch 0 is at
+# distance 0 to the last digit (separate gemm and syrk calls differed in the last bits for some
+# widths, which full whitening turns into 1e-6 rad). The rows go in parts of TASK_ROWS to all the
+# torch threads, each part on one core, and the parts are summed in order: the statistics do not
+# depend on the thread count. On a GPU (and without threadpoolctl): three torch matmuls.
+TASK_ROWS = 2048
 
 
 @dataclass
@@ -85,35 +91,22 @@ def rows_of(maps: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def _block(t: torch.Tensor, start: int, step: int, device: torch.device,
-           shift: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows [start, start + step) of ``t`` as a fresh float64 tensor on ``device``, minus ``shift``
-    (widened and shifted in one pass; a fresh tensor, so the caller's data is never touched)."""
+           shift: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows [start, start + step) of ``t`` as float64 on ``device``, minus ``shift``, in ``out`` (a
+    fresh tensor by default, so the caller's data is never touched); widened and shifted in one pass."""
     # move first, then widen: half the host-to-device traffic for float32 activations
     rows = t[start:start + step].to(device)
+    if out is None:
+        out = torch.empty(rows.shape, dtype=torch.float64, device=device)
     if shift is None:
-        return rows.to(torch.float64, copy=True)
-    return torch.sub(rows, shift, out=torch.empty(rows.shape, dtype=torch.float64, device=device))
+        return out.copy_(rows)
+    return torch.sub(rows, shift, out=out)
 
 
-def _add_gram_upper(acc: torch.Tensor, b: torch.Tensor, panel: int) -> None:
-    """acc += b^T b on and above the diagonal panels only (one matmul per panel of rows of acc)."""
-    c = b.shape[1]
-    for i in range(0, c, panel):
-        acc[i:i + panel, i:].addmm_(b[:, i:i + panel].mT, b[:, i:])
-
-
-def _cpu_products(xb: torch.Tensor, yb: torch.Tensor | None, x_gram: bool) -> tuple:
-    """(X^T X, Y^T Y, X^T Y) of rows of a block through numpy (CPU tensors share their memory
-    with the arrays; None for a product not wanted): numpy sends B^T B to BLAS syrk."""
-    xn = xb.numpy()
-    yn = yb.numpy() if yb is not None else None
-    return (xn.T @ xn if x_gram else None, yn.T @ yn if yn is not None else None,
-            xn.T @ yn if yn is not None else None)
-
-
-def _mirror_upper(acc: torch.Tensor) -> torch.Tensor:
-    """The symmetric matrix whose upper triangle is that of ``acc``."""
-    return acc.triu() + acc.triu(1).mT
+def _syrk(z: torch.Tensor) -> np.ndarray:
+    """z^T z of a CPU tensor, through numpy's BLAS syrk (the tensor shares its memory with the array)."""
+    zn = z.numpy()
+    return zn.T @ zn
 
 
 class Accumulator:
@@ -122,10 +115,9 @@ class Accumulator:
     ``x_shift`` pins the X-side shift (to share the source statistics across epochs); by default
     each side's shift is the column mean of its first block.
 
-    Internals: ``xx`` and ``yy`` accumulate only the upper triangle (the diagonal panels and the
-    panels right of them, see :data:`GRAM_PANEL`); :meth:`side` and :meth:`pair` mirror it. The
-    whole cost is then the products the statistics need, X^T Y and half of X^T X and Y^T Y, plus
-    one pass that widens and shifts each block.
+    Internals: on a CPU each block's products come from one syrk of [X | Y] (see :data:`TASK_ROWS`):
+    the whole cost is the products the statistics need plus one pass that widens and shifts the
+    block into place.
     """
 
     def __init__(self, device: torch.device | str = "cpu", x_shift: torch.Tensor | None = None,
@@ -139,20 +131,30 @@ class Accumulator:
 
     def update(self, x, y=None) -> None:
         """Add the rows of ``x`` (and the matching rows of ``y``); maps are flattened by :func:`rows_of`."""
+        # checked as given, so that the error's index is (image, channel, y, x) for maps
+        check_finite(x, "activations (X)")
+        if y is not None:
+            check_finite(y, "activations (Y)")
         x = rows_of(x)
         y = rows_of(y) if y is not None else None
         if y is not None and y.shape[0] != x.shape[0]:
             raise FeatdynError(f"X has {x.shape[0]} rows but Y has {y.shape[0]}")
         budget = BLOCK_ELEMENTS.get(self.device.type, BLOCK_ELEMENTS["cpu"])
         step = max(1, budget // max(x.shape[1], 1))
+        syrk = self.device.type == "cpu" and threadpool_limits is not None
         for start in range(0, x.shape[0], step):
-            xb = _block(x, start, step, self.device, self.x_shift)
-            yb = _block(y, start, step, self.device, self.y_shift) if y is not None else None
-            self._update_block(xb, yb)
+            stacked = None
+            if syrk and y is not None:  # both sides side by side, for one syrk
+                rows = min(step, x.shape[0] - start)
+                stacked = torch.empty(rows, x.shape[1] + y.shape[1], dtype=torch.float64)
+            xb = _block(x, start, step, self.device, self.x_shift, None if stacked is None else stacked[:, :x.shape[1]])
+            yb = None if y is None else _block(y, start, step, self.device, self.y_shift,
+                                               None if stacked is None else stacked[:, x.shape[1]:])
+            self._update_block(xb, yb, stacked)
 
-    def _update_block(self, xb: torch.Tensor, yb: torch.Tensor | None) -> None:
-        """Add one float64 block; a side whose shift is already set arrives shifted (see :func:`_block`)."""
-        panel = GRAM_PANEL.get(self.device.type, GRAM_PANEL["cpu"])
+    def _update_block(self, xb: torch.Tensor, yb: torch.Tensor | None, stacked: torch.Tensor | None = None) -> None:
+        """Add one float64 block; a side whose shift is already set arrives shifted (see :func:`_block`);
+        ``stacked`` is [xb | yb] when they are views of it (CPU)."""
         if self.x_shift is None:
             self.x_shift = xb.mean(0)
             xb -= self.x_shift
@@ -171,41 +173,54 @@ class Accumulator:
                 self.yy = torch.zeros(c, c, dtype=torch.float64, device=self.device)
                 self.xy = torch.zeros(self.xx.shape[0], c, dtype=torch.float64, device=self.device)
             self.sy += yb.sum(0)
-        if self.device.type == "cpu" and threadpool_limits is not None:
-            self._products_cpu(xb, yb)
+        if stacked is not None or (yb is None and self.x_gram and self.device.type == "cpu"
+                                   and threadpool_limits is not None):
+            self._products_cpu(xb, yb, stacked)
         else:
             if self.x_gram:
-                _add_gram_upper(self.xx, xb, panel)
+                self.xx.addmm_(xb.mT, xb)
             if yb is not None:
-                _add_gram_upper(self.yy, yb, panel)
+                self.yy.addmm_(yb.mT, yb)
                 self.xy.addmm_(xb.mT, yb)
         self.n += xb.shape[0]
 
-    def _products_cpu(self, xb: torch.Tensor, yb: torch.Tensor | None) -> None:
-        """The block's products, its rows split over all torch threads, each part's products on
-        one core (BLAS on one thread: no OpenMP barrier to wait at on a busy machine); the parts'
-        products are summed here."""
-        workers = cpu_workers()
-        rows = xb.shape[0]
-        step = -(-rows // workers)
-        parts = [(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
-        with blas_threads(1 if len(parts) > 1 else workers):
-            done = parallel_map(lambda p: _cpu_products(xb[p[0]:p[1]], None if yb is None else yb[p[0]:p[1]],
-                                                        self.x_gram), parts, workers)
-        for acc, k in ((self.xx, 0), (self.yy, 1), (self.xy, 2)):
-            for products in done:
-                if products[k] is not None:
-                    np.add(acc.numpy(), products[k], out=acc.numpy())
+    def _products_cpu(self, xb: torch.Tensor, yb: torch.Tensor | None, stacked: torch.Tensor | None) -> None:
+        """One syrk of [X | Y] (of X alone without Y) in row parts on all threads, summed in order."""
+        z = stacked if stacked is not None else xb
+        parts = [z[lo:lo + TASK_ROWS] for lo in range(0, z.shape[0], TASK_ROWS)]
+        with blas_threads(1):
+            done = parallel_map(_syrk, parts, cpu_workers())
+        g = done[0]
+        for part in done[1:]:
+            g += part
+        c = xb.shape[1]
+        targets = [(self.xx, g)] if yb is None else [(self.yy, g[c:, c:]), (self.xy, g[:c, c:])]
+        if yb is not None and self.x_gram:
+            targets.append((self.xx, g[:c, :c]))
+        for acc, block in targets:
+            np.add(acc.numpy(), block, out=acc.numpy())
 
     def side(self) -> SideStats:
         if self.n == 0:
             raise FeatdynError("no rows were accumulated")
-        return SideStats(self.n, self.x_shift, self.sx, _mirror_upper(self.xx))
+        check_sums(self.sx, self.xx)
+        return SideStats(self.n, self.x_shift, self.sx, self.xx)
 
     def pair(self) -> PairStats:
         if self.xy is None:
             raise FeatdynError("no Y rows were accumulated")
-        return PairStats(self.side(), SideStats(self.n, self.y_shift, self.sy, _mirror_upper(self.yy)), self.xy)
+        check_sums(self.sy, self.yy, self.xy)
+        return PairStats(self.side(), SideStats(self.n, self.y_shift, self.sy, self.yy), self.xy)
+
+
+def check_sums(*sums: torch.Tensor) -> None:
+    """The accumulated float64 sums are finite. The inputs were checked finite, so an inf here is an
+    overflow: squares of activations around 1e150 and beyond exceed float64's 1.8e308, and every
+    metric computed from them would be meaningless (each would report its maximum)."""
+    for t in sums:
+        if not all_finite(t):
+            raise FeatdynError("the float64 statistics overflowed (sums of squared activations exceed 1.8e308: "
+                               "activations of magnitude ~1e150 or more); such values cannot be compared")
 
 
 def pair_stats(x, y, device: torch.device | str = "cpu") -> PairStats:
@@ -242,15 +257,37 @@ def save_sides(path: str | os.PathLike, sides: Mapping[str, SideStats]) -> None:
         np.savez(tmp, **arrays)
 
 
-def load_sides(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, SideStats]:
+# What a damaged statistics file raises: a truncated zip (BadZipFile, EOFError), a missing member
+# (KeyError), a corrupt member (ValueError, zlib.error is an Exception too), an unreadable file (OSError).
+_NPZ_ERRORS = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile)
+
+
+def _read_npz(path: str | os.PathLike, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (or ``names``), read fully and checked finite; any damage becomes a
+    FeatdynError naming the file and what was wrong."""
     try:
-        z = np.load(path)
-        layers = list(z["__layers__"])
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in (names if names is not None else z.files)}
+    except _NPZ_ERRORS as exc:
+        raise FeatdynError(f"cannot read statistics file {path}: {type(exc).__name__}: {exc} "
+                           f"(truncated or damaged: remove it and rerun the job that wrote it)") from exc
+    for name, a in arrays.items():
+        check_finite(a, f"statistics file {path}, array {name!r}")
+    return arrays
+
+
+def _sides_of(path: str | os.PathLike, z: Mapping[str, np.ndarray],
+              device: torch.device | str) -> dict[str, SideStats]:
+    try:
         return {str(layer): SideStats(int(z[f"{i}/n"]), as_tensor(z[f"{i}/shift"], device),
                                       as_tensor(z[f"{i}/sum"], device), as_tensor(z[f"{i}/gram"], device))
-                for i, layer in enumerate(layers)}
-    except (OSError, KeyError, ValueError) as exc:
-        raise FeatdynError(f"cannot read statistics file {path}: {exc}") from exc
+                for i, layer in enumerate(z["__layers__"])}
+    except KeyError as exc:
+        raise FeatdynError(f"statistics file {path} lacks the array {exc}") from exc
+
+
+def load_sides(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, SideStats]:
+    return _sides_of(path, _read_npz(path), device)
 
 
 def save_pairs(path: str | os.PathLike, pairs: Mapping[str, PairStats]) -> None:
@@ -268,11 +305,208 @@ def save_pairs(path: str | os.PathLike, pairs: Mapping[str, PairStats]) -> None:
 def load_pairs(path: str | os.PathLike, source: Mapping[str, SideStats],
                device: torch.device | str = "cpu") -> dict[str, PairStats]:
     """Load an epoch's statistics and join them with the shared ``source`` side."""
-    targets = load_sides(path, device)
-    z = np.load(path)
+    z = _read_npz(path)
+    targets = _sides_of(path, z, device)
     out = {}
     for i, (layer, ys) in enumerate(targets.items()):
         if layer not in source:
             raise FeatdynError(f"{path}: layer {layer!r} has no source statistics")
+        if f"{i}/xy" not in z:
+            raise FeatdynError(f"statistics file {path} lacks the array '{i}/xy'")
         out[layer] = PairStats(source[layer], ys, as_tensor(z[f"{i}/xy"], device))
+    return out
+
+
+# -- image groups: the statistics a bootstrap over probe images needs -----------------------------
+#
+# Every statistic above is a sum over observations, and an image's observations are its H x W
+# positions. Kept per group of images (at a common shift), the statistics of any multiset of groups
+# are a weighted sum of the groups' statistics: a bootstrap replicate that draws G groups with
+# replacement is exact (the metric of the resampled activations, to rounding) and costs a weighted
+# sum and one metric evaluation, with no pass over the activations. With one image per group it is
+# the classical bootstrap over images.
+
+GROUP_SEP = "|"  # group keys in the .npz files: "<group>|<layer>" (no layer spec contains '|')
+
+
+def image_groups(n: int, groups: int) -> np.ndarray:
+    """Group of each of ``n`` probe images: image i joins group i mod G, with G = min(groups, n).
+
+    The stores keep the probe images class by class, so consecutive images fall into different
+    groups and every group holds about as many images of each class as the others."""
+    if n < 1 or groups < 1:
+        raise FeatdynError(f"image groups need n >= 1 images and >= 1 group, got n={n}, groups={groups}")
+    return np.arange(n) % min(groups, n)
+
+
+class GroupAccumulator:
+    """Statistics per image group: one :class:`Accumulator` per group.
+
+    All groups share one X shift (``x_shift``, else the first block's column means), so the source
+    side of every group matches the shift of the others; each group's Y shift is its own first
+    block's (:class:`GroupStats` brings them to a common one). ``update`` takes a block of whole
+    images (B, C, H, W) and the index of its first image in the store.
+    """
+
+    def __init__(self, groups: np.ndarray, device: torch.device | str = "cpu",
+                 x_shift: torch.Tensor | None = None, x_gram: bool = True) -> None:
+        self.groups = np.asarray(groups)
+        self.count = int(self.groups.max()) + 1 if self.groups.size else 0
+        self.device, self.x_gram = torch.device(device), x_gram
+        self.x_shift = None if x_shift is None else as_tensor(x_shift, self.device)
+        self.accs: list[Accumulator] = []
+
+    def update(self, start: int, x, y=None) -> None:
+        ids = self.groups[start:start + len(x)]
+        if len(ids) != len(x):
+            raise FeatdynError(f"images [{start}, {start + len(x)}) lie beyond the {len(self.groups)} grouped images")
+        if self.x_shift is None:
+            self.x_shift = rows_of(x).to(torch.float64).mean(0).to(self.device)
+        if not self.accs:
+            self.accs = [Accumulator(self.device, x_shift=self.x_shift, x_gram=self.x_gram)
+                         for _ in range(self.count)]
+        for g in np.unique(ids):
+            rows = ids == g
+            self.accs[g].update(x[rows], None if y is None else y[rows])
+
+    def _check(self) -> None:
+        empty = [g for g, acc in enumerate(self.accs) if acc.n == 0]
+        if not self.accs or empty:
+            raise FeatdynError(f"image groups {empty or list(range(self.count))} received no images")
+
+    def sides(self) -> list[SideStats]:
+        self._check()
+        return [acc.side() for acc in self.accs]
+
+    def pairs(self) -> list[PairStats]:
+        self._check()
+        return [acc.pair() for acc in self.accs]
+
+
+def _reshift(n: torch.Tensor, sums: torch.Tensor, shifts: torch.Tensor, common: torch.Tensor):
+    """Per-group (sum, d) for moving group statistics from ``shifts`` (G, C) to ``common`` (C,):
+    x - common = (x - shift_g) + d_g with d_g = shift_g - common."""
+    d = shifts - common[None, :]
+    return sums + n[:, None] * d, d
+
+
+@dataclass
+class GroupStats:
+    """One layer's per-group statistics, stacked and moved to common shifts (the pooled means).
+
+    ``weighted(w)`` gives the :class:`PairStats` of the probe set in which group g appears w[g]
+    times: the statistics of resampled images, exactly (Sum_g w_g S_g, every S a sum over rows).
+    """
+
+    n: torch.Tensor      # (G,) rows per group
+    x_shift: torch.Tensor
+    y_shift: torch.Tensor
+    sx: torch.Tensor     # (G, Cx)
+    sy: torch.Tensor     # (G, Cy)
+    xx: torch.Tensor     # (G, Cx, Cx)
+    yy: torch.Tensor     # (G, Cy, Cy)
+    xy: torch.Tensor     # (G, Cx, Cy)
+
+    @classmethod
+    def stack(cls, pairs: Sequence[PairStats]) -> GroupStats:
+        if not pairs:
+            raise FeatdynError("no group statistics to stack")
+        dev = pairs[0].xy.device
+        n = torch.tensor([float(p.n) for p in pairs], dtype=torch.float64, device=dev)
+        xs = torch.stack([p.x.shift for p in pairs])
+        ys = torch.stack([p.y.shift for p in pairs])
+        sx0, sy0 = torch.stack([p.x.sum for p in pairs]), torch.stack([p.y.sum for p in pairs])
+        # common shifts: the pooled column means (every group's sum then counts deviations from it)
+        cx = (sx0 + n[:, None] * xs).sum(0) / n.sum()
+        cy = (sy0 + n[:, None] * ys).sum(0) / n.sum()
+        sx, dx = _reshift(n, sx0, xs, cx)
+        sy, dy = _reshift(n, sy0, ys, cy)
+        def moved(s_ab, s_a, d, s_b, e, g):
+            # (a + d)(b + e)^T summed over the group's rows = S_ab + s_a e^T + d s_b^T + n d e^T
+            return s_ab + torch.outer(s_a, e) + torch.outer(d, s_b) + n[g] * torch.outer(d, e)
+
+        xx = torch.stack([moved(p.x.gram, sx0[g], dx[g], sx0[g], dx[g], g) for g, p in enumerate(pairs)])
+        yy = torch.stack([moved(p.y.gram, sy0[g], dy[g], sy0[g], dy[g], g) for g, p in enumerate(pairs)])
+        xy = torch.stack([moved(p.xy, sx0[g], dx[g], sy0[g], dy[g], g) for g, p in enumerate(pairs)])
+        return cls(n, cx, cy, sx, sy, xx, yy, xy)
+
+    @property
+    def groups(self) -> int:
+        return int(self.n.shape[0])
+
+    def weighted(self, w) -> PairStats:
+        """Statistics of the multiset with group g counted ``w[g]`` times (non-negative integers)."""
+        w = as_tensor(w, self.n.device)
+        n = float(w @ self.n)
+        if n < 1:
+            raise FeatdynError("a resample must hold at least one image")
+
+        def mix(t: torch.Tensor) -> torch.Tensor:
+            return torch.tensordot(w, t, dims=1)
+
+        x = SideStats(int(round(n)), self.x_shift, mix(self.sx), mix(self.xx))
+        y = SideStats(int(round(n)), self.y_shift, mix(self.sy), mix(self.yy))
+        return PairStats(x, y, mix(self.xy))
+
+    def weighted_many(self, weights) -> Iterator[PairStats]:
+        """:meth:`weighted` for every row of ``weights`` (B, G), the weighted sums computed a chunk
+        of rows at a time (one batched matmul per statistic instead of B small ones; a chunk holds
+        at most BLOCK_ELEMENTS elements per statistic)."""
+        w = as_tensor(weights, self.n.device)
+        c2 = max(self.xx[0].numel(), self.yy[0].numel(), self.xy[0].numel())
+        step = max(1, BLOCK_ELEMENTS.get(self.n.device.type, BLOCK_ELEMENTS["cpu"]) // c2)
+        for start in range(0, len(w), step):
+            wb = w[start:start + step]
+            n = wb @ self.n
+            if bool((n < 1).any()):
+                raise FeatdynError("a resample must hold at least one image")
+            sx, sy = wb @ self.sx, wb @ self.sy
+            xx, yy, xy = (torch.tensordot(wb, t, dims=1) for t in (self.xx, self.yy, self.xy))
+            for b in range(len(wb)):
+                rows = int(round(float(n[b])))
+                yield PairStats(SideStats(rows, self.x_shift, sx[b], xx[b]),
+                                SideStats(rows, self.y_shift, sy[b], yy[b]), xy[b])
+
+
+def _group_key(layer: str, g: int) -> str:
+    return f"{g}{GROUP_SEP}{layer}"
+
+
+def _ungroup(keyed: Mapping[str, object]) -> dict[str, list]:
+    out: dict[str, dict[int, object]] = {}
+    for key, value in keyed.items():
+        g, _, layer = key.partition(GROUP_SEP)
+        out.setdefault(layer, {})[int(g)] = value
+    return {layer: [by_g[g] for g in sorted(by_g)] for layer, by_g in out.items()}
+
+
+def save_group_sides(path: str | os.PathLike, sides: Mapping[str, Sequence[SideStats]]) -> None:
+    """Save per-layer lists of per-group :class:`SideStats` (:func:`save_sides`, keys 'g|layer')."""
+    save_sides(path, {_group_key(layer, g): s for layer, groups in sides.items() for g, s in enumerate(groups)})
+
+
+def load_group_sides(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, list[SideStats]]:
+    return _ungroup(load_sides(path, device))
+
+
+def save_group_pairs(path: str | os.PathLike, pairs: Mapping[str, Sequence[PairStats]]) -> None:
+    """Save per-layer lists of per-group :class:`PairStats` (target side and cross term, as
+    :func:`save_pairs`; the source side lives in the source's group file)."""
+    save_pairs(path, {_group_key(layer, g): p for layer, groups in pairs.items() for g, p in enumerate(groups)})
+
+
+def load_group_pairs(path: str | os.PathLike, source: Mapping[str, Sequence[SideStats]],
+                     device: torch.device | str = "cpu") -> dict[str, list[PairStats]]:
+    """Load an epoch's per-group statistics and join each group with the source's same group."""
+    stored = _ungroup({str(k): None for k in _read_npz(path, ["__layers__"])["__layers__"]})
+    for layer, groups in stored.items():
+        if len(groups) != len(source.get(layer, ())):
+            raise FeatdynError(f"{path}: layer {layer!r} has {len(groups)} image groups, "
+                               f"the source statistics {len(source.get(layer, ()))}")
+    keyed = {_group_key(layer, g): s for layer, groups in source.items() for g, s in enumerate(groups)}
+    out = _ungroup(load_pairs(path, keyed, device))
+    for layer, groups in out.items():
+        for g, p in enumerate(groups):
+            if p.y.n != p.x.n:
+                raise FeatdynError(f"{path}: layer {layer!r} group {g} has n={p.y.n} rows, the source n={p.x.n}")
     return out

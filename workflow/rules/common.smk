@@ -1,8 +1,13 @@
 # Helpers shared by all modules: config resolution and the input functions.
+import os
+from dataclasses import asdict
 from pathlib import Path
+
+from snakemake.logging import logger
 
 from featdyn import FeatdynError
 from featdyn import config as fdconfig
+from featdyn.bootstrap import BootstrapSpec
 
 try:
     fdconfig.check(config)
@@ -91,16 +96,46 @@ def filter_table(metric, model, dataset, epoch):
 
 
 def score_inputs(wildcards):
-    epochs = analysed_epochs(wildcards.model, wildcards.dataset)
+    m, d = wildcards.model, wildcards.dataset
+    epochs = analysed_epochs(m, d)
     if wildcards.metric in FILTER_METRICS:
-        return {"epochs": [filter_table(wildcards.metric, wildcards.model, wildcards.dataset, e) for e in epochs]}
+        return {
+            "epochs": [filter_table(wildcards.metric, m, d, e) for e in epochs],
+            "groups": [filter_groups(wildcards.metric, m, d, e) for e in epochs],
+        }
     return {
-        "source": f"results/stats/{wildcards.model}/{wildcards.dataset}/source.npz",
-        "epochs": [f"results/stats/{wildcards.model}/{wildcards.dataset}/epoch_{e}.npz" for e in epochs],
+        "source": f"results/stats/{m}/{d}/source.npz",
+        "epochs": [f"results/stats/{m}/{d}/epoch_{e}.npz" for e in epochs],
+        "source_groups": stats_groups(m, d, "source"),
+        "groups": [stats_groups(m, d, f"epoch_{e}") for e in epochs],
     }
 
 
 ALL_SCORES = [f"results/scores/{s}/{m}/{d}.csv" for s in METRICS for m, d in RUNS]
+
+# Bootstrap over the probe images (featdyn.bootstrap): the statistics jobs keep per-image-group
+# statistics (their only parameter is the number of groups, 0 when intervals are off), and the
+# score jobs resample them, so the resamples, level and seed rerun only score jobs.
+try:
+    BOOTSTRAP = BootstrapSpec.from_config(config.get("bootstrap"))
+except (FeatdynError, TypeError) as exc:
+    raise WorkflowError(f"bootstrap: {exc}") from None
+
+
+def stats_groups(model, dataset, name):
+    return f"results/stats/{model}/{dataset}/groups/{name}.npz"
+
+
+def filter_groups(metric, model, dataset, epoch):
+    return f"results/filters/{metric}/{model}/{dataset}/groups/epoch_{epoch}.npz"
+
+
+def replicates_file(metric, model, dataset):
+    return f"results/bootstrap/{metric}/{model}/{dataset}.npz"
+
+
+REPLICATE_KEYS = [[s, m, d] for s in METRICS for m, d in RUNS]
+ALL_REPLICATES = [replicates_file(s, m, d) for s, m, d in REPLICATE_KEYS]
 
 # Reading (b) of the correlation (across filters) needs the per-filter tables of two filter metrics.
 FILTER_TABLES = (
@@ -108,3 +143,73 @@ FILTER_TABLES = (
     if len(FILTER_METRICS) >= 2
     else []
 )
+
+
+# Intermediates that a complete run keeps, by the rule that writes them. When the tables exist,
+# Snakemake considers them up to date even if one of these was deleted (a failed job's output
+# is removed), and may report "Nothing to be done": say so at start-up, with the command.
+def kept_intermediates():
+    files = {}
+    for m, d in RUNS:
+        for e in range(final_epoch(m, d) + 1):
+            files[f"results/checkpoints/{m}/{d}/epoch_{e}.json"] = "finetune_epoch"
+        for e in analysed_epochs(m, d):
+            files[store_dir(m, d, e)] = "extract"
+            for s in FILTER_METRICS:
+                files[filter_table(s, m, d, e)] = "filter_scores"
+                files[filter_groups(s, m, d, e)] = "filter_scores"
+            if len(FILTER_METRICS) < len(METRICS):
+                files[f"results/stats/{m}/{d}/epoch_{e}.npz"] = "layer_stats"
+                files[stats_groups(m, d, f"epoch_{e}")] = "layer_stats"
+    return files
+
+
+def warn_missing_intermediates():
+    if not workflow.is_main_process or not os.path.exists("results/tables/table2_reusability.csv"):
+        return
+    missing = {path: rule for path, rule in kept_intermediates().items() if not os.path.exists(path)}
+    if missing:
+        rules = " ".join(dict.fromkeys(missing.values()))
+        logger.warning(
+            f"featdyn: the tables exist but {len(missing)} intermediate file(s) of a complete run are missing "
+            f"(e.g. {next(iter(missing))}). Snakemake reruns only what a target needs, so it may report "
+            f"'Nothing to be done'. Recompute them by naming them as targets (snakemake {next(iter(missing))} "
+            f"...), then run snakemake again; or rerun every job of their rules and what follows: "
+            f"snakemake --forcerun {rules} (README: 'When something goes wrong')."
+        )
+
+
+warn_missing_intermediates()
+
+# The qualitative figures (the visualize block): which epochs are columns, what ranks the filters.
+VISUALIZE = fdconfig.visualize_block(config)
+RANK_METRIC = fdconfig.rank_metric(config)
+
+
+def visual_epochs(model, dataset):
+    return fdconfig.visual_epochs(config, model, dataset)
+
+
+def units_table(model, dataset):
+    return f"results/figures/units_{model}_{dataset}.csv"
+
+
+def visualize_inputs(wildcards):
+    """The prepared dataset, the stores of the grid's epochs and what ranks the filters: the rank
+    metric's per-filter tables of epoch 0 and the last epoch, or else the last epoch's store."""
+    m, d = wildcards.model, wildcards.dataset
+    last = analysed_epochs(m, d)[-1]
+    inputs = data_files(d) | {"stores": [store_dir(m, d, e) for e in visual_epochs(m, d)]}
+    if RANK_METRIC:
+        inputs["tables"] = [filter_table(RANK_METRIC, m, d, 0), filter_table(RANK_METRIC, m, d, last)]
+    else:
+        inputs["last"] = store_dir(m, d, last)
+    return inputs
+
+
+VISUAL_FIGURES = [
+    f"results/figures/{kind}_{m}_{d}.{ext}"
+    for kind in ("patches", "heatmaps")
+    for m, d in RUNS
+    for ext in ("png", "pdf")
+]

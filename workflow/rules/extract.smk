@@ -4,7 +4,8 @@
 rule extract:
     input:
         unpack(lambda w: data_files(w.dataset)),
-        checkpoint="results/checkpoints/{model}/{dataset}/epoch_{epoch}.pt",
+        # the file whose sha256 the store records; the similarity rules hash the same checkpoint_file
+        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch),
     output:
         directory("results/activations/{model}/{dataset}/epoch_{epoch}.zarr"),
     log:

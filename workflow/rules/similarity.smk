@@ -1,15 +1,20 @@
 # Stage 4: float64 statistics of (source, epoch) per layer, then one score table per metric.
 # Each metric's parameter block is a `params` entry of its own score job, so changing or adding
 # one metric reruns only that metric and what reads it. Filter-granularity metrics compare the
-# stores' maps directly, one GPU job per (metric, model, dataset, epoch).
+# stores' maps directly, one GPU job per (metric, model, dataset, epoch). Every store is checked
+# against what the job expects (epoch, the sha256 of its checkpoint, model, dataset, layers, probe set).
+# Every statistics job also keeps its statistics per image group (`groups` output) for the bootstrap
+# intervals of the scores.
 
 
 rule source_stats:
     input:
         store=lambda w: store_dir(w.model, w.dataset, 0),
         summary=lambda w: data_files(w.dataset)["summary"],
+        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
     output:
         "results/stats/{model}/{dataset}/source.npz",
+        groups=stats_groups("{model}", "{dataset}", "source"),
     log:
         "results/logs/source_stats/{model}/{dataset}.log",
     conda:
@@ -20,6 +25,8 @@ rule source_stats:
         gpu=1,
     params:
         device=config["device"],
+        layers=lambda w: fdconfig.layers_of(config, w.model),
+        groups=BOOTSTRAP.stored_groups,
     script:
         "../scripts/source_stats.py"
 
@@ -29,9 +36,13 @@ rule layer_stats:
         source_store=lambda w: store_dir(w.model, w.dataset, 0),
         store=lambda w: store_dir(w.model, w.dataset, w.epoch),
         source_stats="results/stats/{model}/{dataset}/source.npz",
+        source_groups=stats_groups("{model}", "{dataset}", "source"),
         summary=lambda w: data_files(w.dataset)["summary"],
+        source_checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
+        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch),
     output:
         "results/stats/{model}/{dataset}/epoch_{epoch}.npz",
+        groups=stats_groups("{model}", "{dataset}", "epoch_{epoch}"),
     log:
         "results/logs/layer_stats/{model}/{dataset}/epoch_{epoch}.log",
     conda:
@@ -42,6 +53,8 @@ rule layer_stats:
         gpu=1,
     params:
         device=config["device"],
+        layers=lambda w: fdconfig.layers_of(config, w.model),
+        groups=BOOTSTRAP.stored_groups,
     script:
         "../scripts/layer_stats.py"
 
@@ -51,8 +64,11 @@ rule filter_scores:
         source_store=lambda w: store_dir(w.model, w.dataset, 0),
         store=lambda w: store_dir(w.model, w.dataset, w.epoch),
         summary=lambda w: data_files(w.dataset)["summary"],
+        source_checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
+        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch),
     output:
         filter_table("{metric}", "{model}", "{dataset}", "{epoch}"),
+        groups=filter_groups("{metric}", "{model}", "{dataset}", "{epoch}"),
     log:
         "results/logs/filter_scores/{metric}/{model}/{dataset}/epoch_{epoch}.log",
     wildcard_constraints:
@@ -66,6 +82,8 @@ rule filter_scores:
     params:
         metric=metric_block,
         device=config["device"],
+        layers=lambda w: fdconfig.layers_of(config, w.model),
+        groups=BOOTSTRAP.stored_groups,
     script:
         "../scripts/filter_scores.py"
 
@@ -75,16 +93,22 @@ rule score:
         unpack(score_inputs),
     output:
         "results/scores/{metric}/{model}/{dataset}.csv",
+        replicates=replicates_file("{metric}", "{model}", "{dataset}"),
     log:
         "results/logs/score/{metric}/{model}/{dataset}.log",
     conda:
         "../../envs/featdyn.yaml"
-    threads: 2
+    # The bootstrap evaluates the metric once per resample, layer and epoch: on the GPU when there
+    # is one, else on one CPU thread (small C x C decompositions; two score jobs share two cores),
+    # with the per-group statistics of a whole epoch in memory.
+    threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=8000,
+        gpu=1,
     params:
         metric=metric_block,
         epochs=lambda w: analysed_epochs(w.model, w.dataset),
         device=config["device"],
+        bootstrap=asdict(BOOTSTRAP),
     script:
         "../scripts/score.py"

@@ -15,4 +15,6 @@ log.info("%s on %s, epoch %s, device %s, %d threads", w.model, w.dataset, w.epoc
 row = run_epoch(int(w.epoch), p.arch, cache, TrainConfig.from_dict(p.training), snakemake.output.checkpoint,
                 weights_file=snakemake.input.get("weights"), previous=snakemake.input.get("previous"),
                 device=device, width=p.width, threads=snakemake.threads)
-write_text(snakemake.output.metrics, json.dumps({"model": w.model, "dataset": w.dataset, **row}, indent=2))
+# allow_nan=False: the JSON stays standard (a NaN loss has already stopped the job)
+write_text(snakemake.output.metrics,
+           json.dumps({"model": w.model, "dataset": w.dataset, **row}, indent=2, allow_nan=False))
