@@ -128,8 +128,15 @@ def parallel_map(fn: Callable, items: Sequence, workers: int) -> list:
     OpenMP barrier for a thread that a busy machine has descheduled."""
     if workers <= 1 or len(items) <= 1:
         return [fn(item) for item in items]
-    with torch_threads(1), blas_threads(1), ThreadPoolExecutor(min(workers, len(items))) as pool:
-        return list(pool.map(fn, items))
+    with torch_threads(1), blas_threads(1):
+        return list(_pool(workers).map(fn, items))
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    # long-lived threads: OpenBLAS and MKL keep a work buffer for every thread that ever called
+    # them (a fresh pool per call grew the peak memory of the statistics by ~60 MiB)
+    return ThreadPoolExecutor(workers, thread_name_prefix="featdyn")
 
 
 # On the CPU the batched products and decompositions go through numpy (OpenBLAS and its

@@ -95,14 +95,14 @@ def rows_of(maps: np.ndarray | torch.Tensor) -> torch.Tensor:
 def _block(t: torch.Tensor, start: int, step: int, device: torch.device,
            shift: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Rows [start, start + step) of ``t`` as float64 on ``device``, minus ``shift``, in ``out`` (a
-    fresh tensor by default, so the caller's data is never touched); widened and shifted in one pass."""
+    fresh tensor by default, so the caller's data is never touched)."""
     # move first, then widen: half the host-to-device traffic for float32 activations
     rows = t[start:start + step].to(device)
     if out is None:
         out = torch.empty(rows.shape, dtype=torch.float64, device=device)
-    if shift is None:
-        return out.copy_(rows)
-    return torch.sub(rows, shift, out=out)
+    out.copy_(rows)
+    # in place: torch.sub(float32 rows, float64 shift, out=...) would widen into a temporary first
+    return out if shift is None else out.sub_(shift)
 
 
 def _syrk(z: torch.Tensor) -> np.ndarray:
