@@ -13,8 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import FeatdynError
-from .filterwise import FILTER_KINDS
-from .training import TrainConfig
+from .hyperparams import TrainConfig
+from .metric_kinds import FILTER_KINDS, check_params
 
 SOURCE_KEYS = ("demo", "path", "train", "test", "url")
 
@@ -84,7 +84,7 @@ def dataset_roots(name: str, spec: dict, data_dir: str) -> dict[str, str]:
 
 
 def layers_of(config: dict, model: str) -> list[str]:
-    from .layers import preset
+    from .layer_presets import preset
 
     spec = config["models"][model]
     layers = spec.get("layers", "preset")
@@ -93,8 +93,6 @@ def layers_of(config: dict, model: str) -> list[str]:
 
 def metric_params(config: dict, metric: str) -> dict:
     """A metric's parameter block with defaults: kind, granularity and the kind's own parameters."""
-    from .metrics import check_params
-
     block = dict(config["metrics"][metric])
     kind = block.pop("kind")
     granularity = block.pop("granularity", "layer")
@@ -110,7 +108,8 @@ def metric_params(config: dict, metric: str) -> dict:
 def check(config: dict, base: str | Path = ".") -> None:
     """Raise FeatdynError naming every problem found in ``config`` (paths relative to ``base``)."""
     from .datasets import check_tree
-    from .layers import PRESETS, layer_shapes
+    from .layer_presets import PRESETS
+    from .layers import layer_shapes
     from .models import check_arch, check_width, is_weights_file, resolve_weights
 
     problems: list[str] = []

@@ -8,5 +8,5 @@ w, p = snakemake.wildcards, snakemake.params
 cache = ImageCache(snakemake.input.manifest.rsplit("/", 1)[0])
 ex = p.extraction
 extract(snakemake.input.checkpoint, cache, p.layers, snakemake.output[0], batch_size=ex["batch_size"],
-        dtype=ex["dtype"], codec=ex["codec"], level=ex["level"], device=pick_device(p.device),
+        dtype=ex["dtype"], codec=ex["codec"], level=ex["level"], device=pick_device(snakemake.config["device"]),
         attrs={"model": w.model, "dataset": w.dataset})

@@ -5,7 +5,7 @@ from featdyn.stores import expected_attrs
 from featdyn.training import pick_device
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="layer_stats")
-device = pick_device(snakemake.params.device)
+device = pick_device(snakemake.config["device"])
 source = load_sides(snakemake.input.source_stats, device)
 expect = expected_attrs(snakemake.input.summary, model=snakemake.wildcards.model, dataset=snakemake.wildcards.dataset)
 pairs = pair_stats_from_stores(snakemake.input.source_store, snakemake.input.store, source, device=device,
