@@ -1,16 +1,10 @@
 # featdyn: how a pretrained CNN's internal features change, epoch by epoch, while it is fine-tuned.
 # Entry point: config, validation, rule modules, the target rule. See README.md.
-import os
-import sys
-
+# Settings for every run (rerun triggers, retries of incomplete jobs) are in profiles/default/,
+# which Snakemake loads by itself; the SLURM profile is profiles/slurm/.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
-
-# The library lives in src/; every job (local, conda or cluster) imports it from here.
-FEATDYN_SRC = os.path.join(workflow.basedir, "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (FEATDYN_SRC, os.environ.get("PYTHONPATH")) if p)
-sys.path.insert(0, FEATDYN_SRC)
 
 
 # The demo config, unless config files are given with --configfile: those replace it rather than
@@ -53,3 +47,4 @@ rule all:
         "results/tables/table2_reusability.md",
         "results/tables/metric_correlation.csv",
         expand("results/figures/similarity_{model}.png", model=MODELS),
+        kept_resume_states(),

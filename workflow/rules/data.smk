@@ -13,10 +13,11 @@ rule materialise_demo:
     conda:
         "../../envs/featdyn.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=retry_mem(1000),
     params:
         demo=lambda w: config["datasets"][w.dataset]["demo"],
         seed=config["seed"],
+        code=script_code("materialise_demo.py"),
     script:
         "../scripts/materialise_demo.py"
 
@@ -33,6 +34,7 @@ rule download_dataset:
     params:
         url=lambda w: config["datasets"][w.dataset]["url"],
         sha256=lambda w: config["datasets"][w.dataset]["sha256"],
+        code=script_code("download_dataset.py"),
     script:
         "../scripts/download_dataset.py"
 
@@ -51,13 +53,15 @@ rule prepare_dataset:
     # Decoding runs on every thread; memory stays small (the cache is filled through a memory map).
     threads: 8
     resources:
-        mem_mb=4000,
+        mem_mb=retry_mem(4000),
     params:
         roots=dataset_roots,
+        images=dataset_images,
         image_size=config["image_size"],
         split=config["split"],
         probe=config["probe"],
         classes=lambda w: config["datasets"][w.dataset].get("classes"),
         class_seed=lambda w: config["datasets"][w.dataset].get("class_seed", config["seed"]),
+        code=script_code("prepare_dataset.py"),
     script:
         "../scripts/prepare_dataset.py"

@@ -1,4 +1,5 @@
 # Stage 3: the probe set's feature maps of each analysed epoch, one Zarr store per checkpoint.
+# retention.activations: drop marks the stores temp(): deleted once every job reading them has run.
 
 
 rule extract:
@@ -6,18 +7,18 @@ rule extract:
         unpack(lambda w: data_files(w.dataset)),
         checkpoint="results/checkpoints/{model}/{dataset}/epoch_{epoch}.pt",
     output:
-        directory("results/activations/{model}/{dataset}/epoch_{epoch}.zarr"),
+        retained(directory("results/activations/{model}/{dataset}/epoch_{epoch}.zarr"), "activations"),
     log:
         "results/logs/extract/{model}/{dataset}/epoch_{epoch}.log",
     conda:
         "../../envs/featdyn.yaml"
     threads: 4
     resources:
-        mem_mb=8000,
+        mem_mb=retry_mem(8000),
         gpu=1,
     params:
         layers=lambda w: fdconfig.layers_of(config, w.model),
         extraction=config["extraction"],
-        device=config["device"],
+        code=script_code("extract.py"),
     script:
         "../scripts/extract.py"

@@ -15,5 +15,7 @@ rule similarity_curves:
         "results/logs/figures/similarity_{model}.log",
     conda:
         "../../envs/featdyn.yaml"
+    params:
+        code=script_code("similarity_curves.py"),
     script:
         "../scripts/similarity_curves.py"

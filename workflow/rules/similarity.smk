@@ -16,10 +16,10 @@ rule source_stats:
         "../../envs/featdyn.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=retry_mem(4000),
         gpu=1,
     params:
-        device=config["device"],
+        code=script_code("source_stats.py"),
     script:
         "../scripts/source_stats.py"
 
@@ -38,10 +38,10 @@ rule layer_stats:
         "../../envs/featdyn.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=retry_mem(4000),
         gpu=1,
     params:
-        device=config["device"],
+        code=script_code("layer_stats.py"),
     script:
         "../scripts/layer_stats.py"
 
@@ -61,11 +61,11 @@ rule filter_scores:
         "../../envs/featdyn.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=retry_mem(8000),
         gpu=1,
     params:
         metric=metric_block,
-        device=config["device"],
+        code=script_code("filter_scores.py"),
     script:
         "../scripts/filter_scores.py"
 
@@ -81,10 +81,10 @@ rule score:
         "../../envs/featdyn.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=retry_mem(4000),
     params:
         metric=metric_block,
         epochs=lambda w: analysed_epochs(w.model, w.dataset),
-        device=config["device"],
+        code=script_code("score.py"),
     script:
         "../scripts/score.py"

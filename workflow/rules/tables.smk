@@ -14,6 +14,7 @@ rule table1:
     params:
         models=MODELS,
         datasets=DATASETS,
+        code=script_code("table1.py"),
     script:
         "../scripts/table1.py"
 
@@ -32,6 +33,7 @@ rule table2:
         models=MODELS,
         datasets=DATASETS,
         metrics=METRICS,
+        code=script_code("table2.py"),
     script:
         "../scripts/table2.py"
 
@@ -46,5 +48,7 @@ rule metric_correlation:
         "results/logs/tables/metric_correlation.log",
     conda:
         "../../envs/featdyn.yaml"
+    params:
+        code=script_code("metric_correlation.py"),
     script:
         "../scripts/metric_correlation.py"
