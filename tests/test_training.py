@@ -14,7 +14,7 @@ from featdyn import FeatdynError
 from featdyn.datasets import ImageCache, SplitSpec, prepare
 from featdyn.models import fetch_weights
 from featdyn.training import (Normalizer, TrainConfig, epoch_order, fine_tune, iterate_batches, load_checkpoint,
-                              model_from_checkpoint, pick_device, resume_path, run_epoch)
+                              model_from_checkpoint, pick_device, resume_path, run_epoch, save_checkpoint)
 
 CPU = torch.device("cpu")
 PAPER = [("vgg19", 1 / 16), ("resnet50", 1 / 16), ("densenet121", 1 / 8)]
@@ -110,17 +110,20 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, cache):
         resume(previous=tmp_path / "foreign.pt")
     with pytest.raises(FeatdynError, match="needs the checkpoint of epoch 0"):
         resume(previous=None)
-    # the resume state: another epoch's is refused, a deleted one is named
-    (tmp_path / "other").mkdir()
-    _, other = chain(tmp_path / "other", arch, width, cache, cfg, upto=1)
-    resume_path(epoch0).rename(tmp_path / "kept.pt")
-    resume_path(other).rename(resume_path(epoch0))
-    with pytest.raises(FeatdynError, match=r"belongs to epoch 1 \(seed 0\), not to the checkpoint of epoch 0"):
-        resume()
-    resume_path(epoch0).unlink()
-    with pytest.raises(FeatdynError, match=r"resume state .*epoch_0.resume.pt is missing"):
-        resume()
     assert not out.exists(), "a refused resume writes nothing"
+    # epoch 1 starts a fresh optimizer: it needs epoch 0's weights only (a new lr keeps epoch 0)
+    resume_path(epoch0).unlink()
+    run_epoch(1, arch, cache, cfg, out, previous=epoch0, device=CPU, width=width)
+    # from epoch 2 on, the optimizer state: another epoch's is refused, a deleted one is named
+    out2 = tmp_path / "epoch_2.pt"
+    save_checkpoint(tmp_path / "other.pt", model_from_checkpoint(load_checkpoint(out)), None,
+                    {"epoch": 0, "seed": 0}, state_path=resume_path(out))
+    with pytest.raises(FeatdynError, match=r"belongs to epoch 0 \(seed 0\), not to the checkpoint of epoch 1"):
+        run_epoch(2, arch, cache, cfg, out2, previous=out, device=CPU, width=width)
+    resume_path(out).unlink()
+    with pytest.raises(FeatdynError, match=r"resume state .*epoch_1.resume.pt is missing"):
+        run_epoch(2, arch, cache, cfg, out2, previous=out, device=CPU, width=width)
+    assert not out2.exists(), "a refused resume writes nothing"
 
 
 def test_an_interrupted_epoch_leaves_no_checkpoint(tmp_path, cache, monkeypatch):

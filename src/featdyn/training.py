@@ -1,15 +1,16 @@
 """Fine-tuning, one epoch per call, with checkpoints that resume bit-identically.
 
 Epoch 0 is the source model (pretrained backbone + new head), evaluated but not trained. Epoch e
-loads epoch e-1's checkpoint, trains one pass over the training split in an order drawn from
-(seed, e), evaluates, and saves epoch e. Because the data order depends only on (seed, e) and every
-RNG state travels with the checkpoint, a chain of epoch jobs gives the same weights as one
-uninterrupted loop (:func:`fine_tune`).
+loads epoch e-1's checkpoint, seeds every RNG (torch, numpy, Python: dropout) from (seed, e), trains
+one pass over the training split in an order drawn from (seed, e), evaluates, and saves epoch e.
+Because an epoch's randomness depends only on (seed, e), a chain of epoch jobs gives the same
+weights as one uninterrupted loop (:func:`fine_tune`).
 
 An epoch is saved as two files: the checkpoint (weights and metadata: what extraction reads, kept
-for every epoch) and its resume state (optimizer and RNG states, ``<stem>.resume.pt``: only the next
-epoch needs it, so the workflow deletes it once that epoch exists; Adam's state is twice the size
-of the weights).
+for every epoch) and its resume state (the optimizer state, ``<stem>.resume.pt``: only the next
+epoch reads it, so the workflow deletes it once that epoch exists; Adam's state is twice the size
+of the weights). Epoch 1 starts a fresh optimizer: it needs epoch 0's weights only, so a new
+learning rate retrains from epoch 1 without recomputing the source model.
 
 Speed: images come from the uint8 cache (decoded once), are gathered by background threads a few
 batches ahead (into pinned memory on CUDA, copied on a side stream so that the copy overlaps the
@@ -224,32 +225,16 @@ def train_one_epoch(model: nn.Module, norm: Normalizer, optimizer: torch.optim.O
             "images_per_s": seen / max(elapsed, 1e-9)}
 
 
-def _rng_state() -> dict:
-    """Every RNG state, as plain tensors and numbers (loadable with ``weights_only=True``)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    npst = state["numpy"]
-    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
-                         npst["cached_gaussian"]))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # also every CUDA device
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def _seed_epoch(seed: int, epoch: int) -> None:
+    """Seed every RNG for training epoch ``epoch`` from (seed, epoch) alone: no RNG state has to
+    travel from one epoch job to the next."""
+    _seed_everything(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
 
 
 def resume_path(checkpoint: str | os.PathLike) -> Path:
@@ -261,13 +246,13 @@ def resume_path(checkpoint: str | os.PathLike) -> Path:
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     meta: dict, state_path: str | os.PathLike | None = None) -> None:
     """Atomically save the weights plus ``meta`` (arch, num_classes, epoch, seed...) to ``path``, and
-    the optimizer and RNG states to ``state_path`` (default: :func:`resume_path` when there is an
-    optimizer; none without one). The state is written first, so a checkpoint never exists without it."""
+    the optimizer state to ``state_path`` (default: :func:`resume_path` when there is an optimizer;
+    none without one). The state is written first, so a checkpoint never exists without it."""
     if state_path is None and optimizer is not None:
         state_path = resume_path(path)
     if state_path is not None:
         state = {"format": CHECKPOINT_FORMAT, "epoch": meta.get("epoch"), "seed": meta.get("seed"),
-                 "optimizer": optimizer.state_dict() if optimizer is not None else None, "rng": _rng_state()}
+                 "optimizer": optimizer.state_dict() if optimizer is not None else None}
         with atomic_path(state_path) as tmp:
             torch.save(state, tmp)
     payload = {"format": CHECKPOINT_FORMAT, **meta,
@@ -306,7 +291,7 @@ def _load(path: str | os.PathLike, what: str) -> dict:
 
 
 def load_resume_state(path: str | os.PathLike, epoch: int, seed: int) -> dict:
-    """The optimizer and RNG states saved with checkpoint ``epoch``, checked against it."""
+    """The optimizer state saved with checkpoint ``epoch``, checked against it."""
     if not Path(path).is_file():
         raise FeatdynError(f"resume state {path} is missing: it is deleted once the next epoch exists; "
                            f"recompute epoch {epoch} (delete its checkpoint) to continue from it")
@@ -357,6 +342,7 @@ def _epoch(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None
         row: dict[str, float] = {}
         row["train_loss"], row["train_acc"] = evaluate(model, norm, cache, "train", cfg, device, workers)
     else:
+        _seed_epoch(cfg.seed, epoch)
         row = train_one_epoch(model, norm, optimizer, cache, cfg, epoch, device, workers)
     t1 = time.perf_counter()
     row["test_loss"], row["test_acc"] = evaluate(model, norm, cache, "test", cfg, device, workers)
@@ -370,21 +356,22 @@ def _epoch(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None
 def resume(previous: str | os.PathLike, epoch: int, arch: str, num_classes: int, cfg: TrainConfig,
            device: torch.device, width: float = 1.0,
            previous_state: str | os.PathLike | None = None) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """Model and optimizer of checkpoint ``previous`` (epoch ``epoch - 1``) and its resume state
-    (default: :func:`resume_path`) on ``device``, with every RNG state restored: where epoch
-    ``epoch`` starts."""
+    """Model and optimizer of checkpoint ``previous`` (epoch ``epoch - 1``) on ``device``: where epoch
+    ``epoch`` starts. From epoch 2 on the optimizer state comes from ``previous_state`` (default:
+    :func:`resume_path`); epoch 1 starts a fresh optimizer, as the uninterrupted loop does."""
     ckpt = load_checkpoint(previous, arch, num_classes, width)
     if ckpt["epoch"] != epoch - 1:
         raise FeatdynError(f"checkpoint {previous} is epoch {ckpt['epoch']}, expected {epoch - 1}")
     if ckpt["seed"] != cfg.seed:
         raise FeatdynError(f"checkpoint {previous} was trained with seed {ckpt['seed']}, the config says "
                            f"{cfg.seed}: the data order would change mid-run; rerun from epoch 0")
-    state = load_resume_state(previous_state or resume_path(previous), epoch - 1, cfg.seed)
+    state = load_resume_state(previous_state or resume_path(previous), epoch - 1, cfg.seed) if epoch >= 2 else None
     model = _place(model_from_checkpoint(ckpt), device, cfg)
     optimizer = make_optimizer(model, cfg, device)
-    if state["optimizer"] is not None:
+    if state is not None:
+        if state["optimizer"] is None:
+            raise FeatdynError(f"resume state of {previous} holds no optimizer state (epoch {epoch - 1})")
         optimizer.load_state_dict(state["optimizer"])
-    _set_rng_state(state["rng"])
     return model, optimizer
 
 
@@ -396,8 +383,8 @@ def run_epoch(epoch: int, arch: str, cache: ImageCache, cfg: TrainConfig, out: s
     """Make checkpoint ``epoch`` at ``out`` and its resume state at ``state_out`` (default:
     :func:`resume_path`); return its metrics row (with timings in seconds).
 
-    Epoch 0 builds the source model from ``weights_file``; epoch e > 0 resumes ``previous`` and its
-    state ``previous_state``. ``threads`` (default: torch's intra-op threads) sizes the
+    Epoch 0 builds the source model from ``weights_file``; epoch e > 0 resumes ``previous`` (and,
+    from epoch 2, its state ``previous_state``). ``threads`` (default: torch's intra-op threads) sizes the
     batch-gathering threads. The checkpoint records the settings it depends on
     (:func:`featdyn.hyperparams.epoch_params`), not the whole block: a later ``epochs`` or learning
     rate does not make an earlier checkpoint wrong.

@@ -90,7 +90,7 @@ def checkpoint_file(model, dataset, epoch):
 
 
 def resume_file(model, dataset, epoch):
-    """Optimizer and RNG states of an epoch (featdyn.training.resume_path): temp(), needed by the next epoch only."""
+    """The optimizer state of an epoch (featdyn.training.resume_path): temp(), read by the next epoch only."""
     return f"results/checkpoints/{model}/{dataset}/epoch_{epoch}.resume.pt"
 
 
@@ -155,6 +155,7 @@ def finetune_inputs(wildcards):
         inputs["weights"] = f"results/weights/{wildcards.model}.pt"
     else:
         inputs["previous"] = checkpoint_file(wildcards.model, wildcards.dataset, epoch - 1)
+    if epoch >= 2:  # epoch 1 starts a fresh optimizer: epoch 0's state is read by no job
         inputs["previous_state"] = resume_file(wildcards.model, wildcards.dataset, epoch - 1)
     return inputs
 

@@ -23,8 +23,8 @@ rule fetch_weights:
         "../scripts/fetch_weights.py"
 
 
-# The checkpoint (weights, kept for every epoch) and the resume state (optimizer and RNG states,
-# only the next epoch reads it: temp(); the last epoch's is kept by the default target). The params
+# The checkpoint (weights, kept for every epoch) and the resume state (the optimizer state: only the
+# next epoch reads it, so temp(); the last epoch's is kept by the default target). The params
 # hold only what this epoch's result depends on: a new lr reruns epochs >= 1, not epoch 0; more
 # epochs add jobs without retraining; eval_batch_size and device are read from the config by the
 # script and rerun nothing.
