@@ -4,10 +4,10 @@ Snakemake reruns a job when a recorded parameter changes. Two things a job depen
 parameters on their own, so they are turned into short digests that are:
 
 - :func:`code_digest`: the code a stage runs, i.e. its script and every module of the library
-  that the script imports, directly or through other modules. The digest is taken over the
-  Python tokens without comments, blank lines and docstrings, so a fresh clone or a ``touch``
-  (new modification times, same code) and an edited comment rerun nothing, while a changed line
-  of code reruns that stage and what follows.
+  that the script imports, directly or through other modules. The digest is taken over the code
+  without comments, blank lines and docstrings, so a fresh clone or a ``touch`` (new modification
+  times, same code) and an edited comment rerun nothing, while a changed line of code reruns that
+  stage and what follows.
 - :func:`tree_digest`: the list of image files in a dataset's folders (names, not contents), so
   that adding or removing images reruns the dataset's preparation. Listing names only keeps
   the scan cheap on 100,000-image trees on a network file system; an image replaced in place
@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import io
 import os
-import tokenize
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,34 +29,39 @@ from . import FeatdynError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
 
-_SKIPPED = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING}
+def normalised_code(source: str, tree: ast.Module | None = None) -> str:
+    """``source`` without blank lines, comments and docstrings, one line per kept line.
 
-
-def _logical_lines(source: str) -> Iterable[list[tokenize.TokenInfo]]:
-    line: list[tokenize.TokenInfo] = []
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type in _SKIPPED:
-            continue
-        line.append(tok)
-        if tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
-            yield line
-            line = []
-    if line:
-        yield line
-
-
-def normalised_code(source: str) -> str:
-    """The token stream of ``source`` without comments, blank lines and docstrings (a logical
-    line that is only a string literal), one logical line per output line. Indentation counts as
-    INDENT/DEDENT tokens, so re-indenting a block consistently changes nothing either."""
+    Works on the text, with the syntax tree (``ast``, the same on every Python version) only to
+    find docstrings and multi-line strings: a digest of it changes with the code, not with the
+    Python that computes it. Comments are dropped where a line starts with ``#`` or, on a line
+    without quotes, after a ``#``; a ``#`` on a line with quotes keeps its comment (an edit there
+    reruns the stage, the safe side). Lines inside multi-line strings are kept as they are.
+    """
+    tree = tree or ast.parse(source)
+    docstring, literal = set(), set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body:
+            first = body[0]
+            alone = len(body) == 1 or body[1].lineno > first.end_lineno
+            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str) and first.lineno > getattr(node, "lineno", 0) and alone):
+                docstring.update(range(first.lineno, first.end_lineno + 1))
+        elif isinstance(node, (ast.Constant, ast.JoinedStr)) and node.end_lineno > node.lineno:
+            literal.update(range(node.lineno + 1, node.end_lineno + 1))
     out = []
-    for line in _logical_lines(source):
-        significant = [t for t in line if t.type not in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-                                                          tokenize.ENDMARKER)]
-        if significant and all(t.type == tokenize.STRING for t in significant):
-            line = [t for t in line if t.type != tokenize.STRING]  # a docstring: keep only the block structure
-        out.append(" ".join(tokenize.tok_name[t.type] if t.type in (tokenize.INDENT, tokenize.DEDENT, tokenize.NEWLINE)
-                            else t.string for t in line))
+    for i, line in enumerate(source.splitlines(), start=1):
+        if i in docstring:
+            continue
+        if i in literal:
+            out.append(line)
+            continue
+        code = line.rstrip()
+        if "#" in code and "'" not in code and '"' not in code:
+            code = code[:code.index("#")].rstrip()
+        if code.strip() and not code.lstrip().startswith("#"):
+            out.append(code)
     return "\n".join(out)
 
 
@@ -82,7 +85,6 @@ def _imported_modules(tree: ast.AST, module: str, package: str) -> set[str]:
     return {n for n in found if n == package or n.startswith(package + ".")}
 
 
-@lru_cache(maxsize=None)
 def _module_file(package_dir: str, name: str) -> Path | None:
     """The file of dotted module ``name`` in the package at ``package_dir`` (None: not a module,
     e.g. a function imported from a module)."""
@@ -94,13 +96,23 @@ def _module_file(package_dir: str, name: str) -> Path | None:
     return None
 
 
-@lru_cache(maxsize=None)
 def _file_digest_and_imports(path: str, module: str, package: str) -> tuple[str, frozenset[str]]:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise FeatdynError(f"cannot read the code in {path}: {exc}") from exc
+    return _cached_digest(path, st.st_mtime_ns, st.st_size, module, package)
+
+
+@lru_cache(maxsize=None)
+def _cached_digest(path: str, mtime_ns: int, size: int, module: str, package: str) -> tuple[str, frozenset[str]]:
+    """(digest of the normalised code, imported package modules) of one file; cached per file
+    version (the scripts share most library modules)."""
     try:
         source = Path(path).read_text(encoding="utf-8")
         tree = ast.parse(source, filename=path)
-        normal = normalised_code(source)
-    except (OSError, SyntaxError, tokenize.TokenError, UnicodeDecodeError) as exc:
+        normal = normalised_code(source, tree)
+    except (OSError, SyntaxError, UnicodeDecodeError) as exc:
         raise FeatdynError(f"cannot read the code in {path}: {exc}") from exc
     return hashlib.sha256(normal.encode()).hexdigest(), frozenset(_imported_modules(tree, module, package))
 

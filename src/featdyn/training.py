@@ -27,8 +27,8 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
