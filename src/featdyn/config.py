@@ -120,6 +120,7 @@ def check(config: dict, base: str | Path = ".") -> None:
         except FeatdynError as exc:
             problems.append(str(exc))
 
+    checked_layers: set[tuple] = set()
     for name, spec in config["models"].items():
         def model_checks(name=name, spec=spec) -> None:
             try:
@@ -146,10 +147,14 @@ def check(config: dict, base: str | Path = ".") -> None:
             if spec.get("layers", "preset") == "preset" and spec["arch"] not in PRESETS:
                 raise FeatdynError(f"models.{name}.layers: no preset for {spec['arch']!r} "
                                    f"(presets: {sorted(PRESETS)}); give a list of module paths")
-            # A forward pass on the meta device (milliseconds, no weights) finds unknown paths and
-            # modules called several times without @k before any job runs.
+            # A forward pass on the meta device (no weights; up to a second for a DenseNet) finds
+            # unknown paths and modules called several times without @k before any job runs; once
+            # per distinct (arch, layers): a grid of many models of a few architectures pays it once.
             try:
-                layer_shapes(spec["arch"], layers_of(config, name), int(config.get("image_size", 224)))
+                key = (spec["arch"], tuple(layers_of(config, name)), int(config.get("image_size", 224)))
+                if key not in checked_layers:
+                    layer_shapes(*key)
+                    checked_layers.add(key)
             except FeatdynError as exc:
                 raise FeatdynError(f"models.{name}.layers: {exc}") from None
             except Exception:  # noqa: BLE001 - a model the meta device cannot run is checked by its job

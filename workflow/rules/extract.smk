@@ -4,8 +4,8 @@
 
 rule extract:
     input:
-        unpack(lambda w: data_files(w.dataset)),
-        checkpoint="results/checkpoints/{model}/{dataset}/epoch_{epoch}.pt",
+        **data_files("{dataset}"),
+        checkpoint=checkpoint_file("{model}", "{dataset}", "{epoch}"),
     output:
         retained(directory("results/activations/{model}/{dataset}/epoch_{epoch}.zarr"), "activations"),
     log:
