@@ -140,15 +140,15 @@ class LayerCapture:
                                    f"valid: {[f'{path}@{k}' for k in range(1, n + 1)]}")
 
 
-def layer_shapes(arch: str, layers: Sequence[str], image_size: int) -> dict[str, tuple[int, ...]]:
-    """(C, H, W) of each layer of torchvision's ``arch`` at ``image_size`` px, found by a forward
-    pass on the meta device (no weights, no memory, milliseconds): the same checks as an
-    extraction (unknown path, module called several times without ``@k``, ``@k`` beyond the calls),
-    so that a layer list can be checked before any job runs."""
-    import torchvision
+def layer_shapes(arch: str, layers: Sequence[str], image_size: int, width: float = 1.0) -> dict[str, tuple[int, ...]]:
+    """(C, H, W) of each layer of torchvision's ``arch`` (at channel ``width``) at ``image_size`` px,
+    found by a forward pass on the meta device (no weights, no memory, milliseconds): the same checks
+    as an extraction (unknown path, module called several times without ``@k``, ``@k`` beyond the
+    calls), so that a layer list can be checked before any job runs."""
+    from .models import construct
 
+    model = construct(arch, width, meta=True).eval()
     with torch.device("meta"):
-        model = torchvision.models.get_model(arch, weights=None).eval()
         x = torch.empty(1, 3, image_size, image_size)
     with torch.no_grad(), LayerCapture(model, layers) as capture:
         return {spec: tuple(t.shape[1:]) for spec, t in capture.run(x).items()}
