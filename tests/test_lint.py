@@ -40,3 +40,21 @@ def test_every_script_rule_tracks_its_code():
         if script:
             assert f'code=script_code("{script.group(1)}")' in text, \
                 f"{name}: rule {rule} needs `code=script_code(\"{script.group(1)}\")` in its params"
+
+
+def test_project_files_point_only_inside_the_repository():
+    """The design notes the code and READMEs cite are docs/*.md of this repository; no file names a
+    document or folder outside it."""
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    outside = ["DESIGN" + ".md", "/" + "work/", "shared" + "/paper"]
+    for name in listed.stdout.split():
+        path = REPO / name
+        if not path.is_file() or path.suffix not in {".py", ".md", ".smk", ".yaml", ".sh", ".rst", ".toml", ""}:
+            continue
+        text = path.read_text(errors="replace")
+        for needle in outside:
+            assert needle not in text, f"{name} points outside the repository ({needle})"
+        for doc in re.findall(r"docs/[\w.-]+\.md", text):
+            assert (REPO / doc).is_file(), f"{name} cites {doc}, which does not exist"

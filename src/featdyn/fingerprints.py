@@ -180,3 +180,20 @@ def tree_digest(roots: Mapping[str, str | os.PathLike]) -> str:
         for name in image_files(root):
             h.update(name.encode("utf-8", "surrogateescape") + b"\n")
     return h.hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m featdyn.fingerprints workflow/scripts/<rule>.py ...``: each script's code digest
+    and the library modules it tracks (an edit of any of them reruns the rule)."""
+    import sys
+
+    package_dir = Path(__file__).resolve().parent
+    for script in argv if argv is not None else sys.argv[1:]:
+        files = code_files(script, package_dir)
+        print(f"{script}: {code_digest(script, package_dir)}")
+        for name in sorted(n for n in files if n != "<script>"):
+            print(f"  {files[name]}")
+
+
+if __name__ == "__main__":
+    main()
