@@ -41,15 +41,15 @@ RUNS = [(m, d) for m in MODELS for d in DATASETS]
 
 
 def script_code(name):
-    """A digest of workflow/scripts/<name> and of the library modules it imports (featdyn.fingerprints).
-    Every rule with a script has it as `params.code`: editing that code reruns the rule's jobs and
-    what follows them; a fresh clone or a `touch` (same code, new times) reruns nothing."""
+    """A digest of workflow/scripts/<name> and of the library modules it imports (featdyn.fingerprints),
+    the `params.code` of each script's jobs. Editing that code reruns those jobs and what follows
+    them; a fresh clone or a `touch` (same code, new times) reruns nothing."""
     scripts = os.path.join(workflow.basedir, "workflow", "scripts")
     return fingerprints.code_digest(os.path.join(scripts, name), os.path.join(FEATDYN_SRC, "featdyn"))
 
 
 def retry_mem(mb):
-    """mem_mb for a rule: `mb` on the first attempt, twice that on a retry (--retries), and so on."""
+    """mem_mb of a job: `mb` on the first attempt, twice that on a retry (--retries), and so on."""
     return lambda wildcards, attempt: mb * attempt
 
 
