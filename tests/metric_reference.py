@@ -59,12 +59,14 @@ def ref_cka(x: np.ndarray, y: np.ndarray) -> float:
 
 def ref_pwsm(x: np.ndarray, y: np.ndarray, alpha: float) -> float:
     """Williams et al.'s angular shape distance after partial whitening of the covariance scaled
-    to unit mean eigenvalue. With Xc = U S V^T and lam' = C s^2 / sum(s^2), phi(X) = Xc V diag(
-    alpha + (1 - alpha) lam'^-1/2) V^T = U diag(w) V^T with w = alpha s + (1 - alpha) sqrt(sum(s^2)
-    / C) on the non-zero directions; then cos theta = ||diag(wx) Ux^T Uy diag(wy)||_* / (|wx| |wy|)."""
+    to unit mean non-zero eigenvalue. With Xc = U S V^T (r non-zero singular values) and
+    lam' = r s^2 / sum(s^2), phi(X) = Xc V diag(alpha + (1 - alpha) lam'^-1/2) V^T = U diag(w) V^T
+    with w = alpha s + (1 - alpha) sqrt(sum(s^2) / r) on the non-zero directions; then
+    cos theta = ||diag(wx) Ux^T Uy diag(wy)||_* / (|wx| |wy|). (The rank r, not the width C:
+    dead units change nothing.)"""
     def weights(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         u, s = svd_kept(a)
-        return u, alpha * s + (1.0 - alpha) * np.sqrt((s**2).sum() / a.shape[1])
+        return u, alpha * s + (1.0 - alpha) * np.sqrt((s**2).sum() / len(s))
 
     ux, wx = weights(x)
     uy, wy = weights(y)
@@ -120,7 +122,8 @@ def netrep_linear_metric(x: np.ndarray, y: np.ndarray, alpha: float) -> float:
 
 
 def unit_mean_eigenvalue(x: np.ndarray) -> np.ndarray:
-    """X scaled so that its centred X^T X has unit mean eigenvalue (our pwsm's normalisation)."""
+    """X scaled so that its centred X^T X has unit mean eigenvalue (our pwsm's normalisation when
+    X has full column rank, as the netrep comparisons' random data does)."""
     xc = centred(x)
     return x * np.sqrt(x.shape[1] / np.trace(xc.T @ xc))
 

@@ -26,7 +26,7 @@ CASES = [(name, {}) for name in METRICS if not METRICS[name].params] + \
         [("pwsm", {"alpha": a}) for a in (0.0, 0.5, 1.0)]
 IDS = [f"{n}{p.get('alpha', '')}" for n, p in CASES]
 
-TRANSFORMS = ("orthogonal", "isotropic_scaling", "translation", "invertible_linear")
+TRANSFORMS = ("orthogonal", "isotropic_scaling", "translation", "invertible_linear", "zero_padding")
 INVARIANT_ATOL = 1e-7   # angles carry ~sqrt(eps) near 0 and eps * cond^2 on ill-conditioned data
 CHANGED_MIN = 1e-4      # a transformation a metric is not invariant to moves it by far more
 
@@ -51,6 +51,9 @@ def transform(kind: str, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if kind == "invertible_linear":  # a shear and an anisotropic scaling, condition number <= 10
         return y @ (ortho_group.rvs(c, random_state=rng) @ np.diag(np.geomspace(1, 10, c)) @
                     ortho_group.rvs(c, random_state=rng))
+    if kind == "zero_padding":  # dead units: all-zero columns, inserted among the live ones
+        out = np.insert(y, rng.integers(0, c + 1, size=3), 0.0, axis=1)
+        return out
     raise ValueError(kind)
 
 
@@ -168,6 +171,42 @@ def test_alpha_zero_with_too_few_observations_warns_and_is_zero():
         warnings.simplefilter("error", DegenerateWarning)
         distance("pwsm", x, y, device="cpu", alpha=0.5)  # partial whitening: no warning
         distance("cca", rng.standard_normal((30, 8)), rng.standard_normal((30, 8)), device="cpu")
+
+
+@pytest.mark.parametrize(("name", "params"), CASES, ids=IDS)
+def test_dead_units_change_nothing_but_a_weak_live_unit_counts(name, params):
+    """The dead-unit convention both ways: all-zero columns change no value (pwsm normalises its
+    whitening by the rank, not the width), while a live column of small variance is a direction
+    like any other: it moves every whitening metric (pwsm with alpha < 1, cca) by far more than
+    the rounding. Before the rank convention, pwsm at alpha = 0.5 moved with the zero columns."""
+    rng = np.random.default_rng(6)
+    x, y = make_pair("random", 60, 5, 0.7, rng)
+    base = d(name, x, y, params)
+    dead = np.hstack([y, np.zeros((60, 4))])
+    assert d(name, x, dead, params) == pytest.approx(base, abs=1e-10)
+    assert d(name, dead, x, params) == pytest.approx(base, abs=1e-10)
+    weak = np.hstack([y, 1e-2 * rng.standard_normal((60, 1))])
+    whitening = name == "cca" or (name == "pwsm" and params["alpha"] < 1)
+    assert (abs(d(name, x, weak, params) - base) > CHANGED_MIN) == whitening
+
+
+def test_cca_is_sum_of_correlations_over_the_geometric_mean_rank():
+    """The cca convention both ways: with equal widths it is arccos of the mean canonical
+    correlation; with widths 6 and 3 it is arccos(sum rho / sqrt(6 * 3)), not arccos(mean rho)."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((80, 6))
+    y = x[:, :3] @ rng.standard_normal((3, 3)) + 0.8 * rng.standard_normal((80, 3))
+
+    def rho(a, b):
+        qa, qb = np.linalg.qr(centred(a))[0], np.linalg.qr(centred(b))[0]
+        return np.linalg.svd(qa.T @ qb, compute_uv=False)
+
+    same = y @ rng.standard_normal((3, 3)), rng.standard_normal((80, 3)) + y
+    assert d("cca", *same, {}) == pytest.approx(math.acos(rho(*same).mean()), abs=1e-9)
+    r = rho(x, y)
+    assert len(r) == 3
+    assert d("cca", x, y, {}) == pytest.approx(math.acos(r.sum() / math.sqrt(6 * 3)), abs=1e-9)
+    assert abs(d("cca", x, y, {}) - math.acos(r.mean())) > 0.1
 
 
 def test_zero_variance_warns_and_is_nan():

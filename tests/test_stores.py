@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import google_crc32c
 import numcodecs
 import numpy as np
 import pytest
@@ -62,7 +63,8 @@ def test_round_trip_chunks_and_attributes(tmp_path, codec):
 
 
 def test_readable_by_plain_zarr_and_by_hand(tmp_path):
-    """Any Zarr v3 reader sees the arrays; the chunk files are plain zstd-compressed C-order floats."""
+    """Any Zarr v3 reader sees the arrays; the chunk files are plain zstd-compressed C-order floats
+    followed by the crc32c of those bytes (little-endian uint32, the Zarr v3 crc32c codec)."""
     path = tmp_path / "s.zarr"
     data = write_store(path, codec="zstd", level=1)
     root = json.loads((path / "zarr.json").read_text())
@@ -74,9 +76,11 @@ def test_readable_by_plain_zarr_and_by_hand(tmp_path):
     np.testing.assert_array_equal(arr[:], data["layer1.2.relu@3"])
     meta = json.loads((path / array_name("features.1") / "zarr.json").read_text())
     assert meta["dimension_names"] == ["image", "channel", "y", "x"]
-    assert {"name": "zstd", "configuration": {"level": 1, "checksum": False}} in meta["codecs"]
+    assert meta["codecs"][1:] == [{"name": "zstd", "configuration": {"level": 1, "checksum": False}},
+                                  {"name": "crc32c"}]
     raw = (path / array_name("features.1") / "c" / "1" / "0" / "0" / "0").read_bytes()
-    block = np.frombuffer(numcodecs.Zstd().decode(raw), dtype="<f4").reshape(4, *SHAPES["features.1"])
+    assert raw[-4:] == np.uint32(google_crc32c.value(raw[:-4])).tobytes()
+    block = np.frombuffer(numcodecs.Zstd().decode(raw[:-4]), dtype="<f4").reshape(4, *SHAPES["features.1"])
     np.testing.assert_array_equal(block, data["features.1"][4:8])
 
 
@@ -106,7 +110,7 @@ def test_float16_stores_and_refuses_out_of_range(tmp_path):
         batch = activations(2)
         batch["features.1"][1, 0, 0, 0] = bad
         out = tmp_path / f"bad_{bad}.zarr"
-        with pytest.raises(FeatdynError, match="outside float16's range"):
+        with pytest.raises(FeatdynError, match="outside float16's range|non-finite activations"):
             with StoreWriter(out, 2, LAYERS, ATTRS, chunk=2, dtype="float16") as w:
                 w.write(0, batch, np.zeros(2), np.arange(2))
         assert not out.exists() and not list(tmp_path.glob(f".{out.name}.tmp*"))

@@ -107,7 +107,7 @@ def metric_params(config: dict, metric: str) -> dict:
 
 def check(config: dict, base: str | Path = ".") -> None:
     """Raise FeatdynError naming every problem found in ``config`` (paths relative to ``base``)."""
-    from .datasets import check_tree
+    from .datasets import check_training_tree, check_tree
     from .layer_presets import PRESETS
     from .layers import layer_shapes
     from .models import check_arch, check_width, is_weights_file, resolve_weights
@@ -166,7 +166,8 @@ def check(config: dict, base: str | Path = ".") -> None:
             kind = dataset_kind(name, spec)
             # url datasets are checked once unpacked (by the prepare step)
             for key in {"tree": ["path"], "pair": ["train", "test"]}.get(kind, []):
-                attempt(check_tree, Path(base) / spec[key], f"datasets.{name}.{key}")
+                fn = check_tree if key == "test" else check_training_tree
+                attempt(fn, Path(base) / spec[key], f"datasets.{name}.{key}")
         attempt(dataset_checks)
 
     for metric in config["metrics"]:

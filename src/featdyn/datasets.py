@@ -44,6 +44,14 @@ def _class_folders(root: Path, what: str) -> list[Path]:
     return classes
 
 
+def check_classes(classes: Sequence[str], root: str | os.PathLike, what: str = "dataset") -> None:
+    """A classifier needs at least two classes: with one, training reaches loss 0 and 100 % accuracy
+    and every table looks fine while meaning nothing."""
+    if len(classes) < 2:
+        raise FeatdynError(f"{what}: folder {root} has {len(classes)} class folder ({', '.join(classes)}); "
+                           f"fine-tuning a classifier needs at least two classes")
+
+
 def _images_in(folder: Path) -> Iterator[Path]:
     """Image files under ``folder`` (any depth), hidden files and folders skipped, unordered."""
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -82,6 +90,14 @@ def check_tree(root: str | os.PathLike, what: str = "dataset") -> list[str]:
         if next(_images_in(cdir), None) is None:
             raise _no_images(cdir, what)
     return [c.name for c in classes]
+
+
+def check_training_tree(root: str | os.PathLike, what: str = "dataset") -> list[str]:
+    """:func:`check_tree` for a tree that training reads (a one-tree dataset, or a train tree): it
+    must also hold at least two classes."""
+    names = check_tree(root, what)
+    check_classes(names, root, what)
+    return names
 
 
 def choose_classes(classes: Sequence[str], n: int | None, seed: int) -> list[str]:
@@ -170,11 +186,31 @@ def _root_of(tree: dict[str, list[Path]]) -> Path:
     return path.parent
 
 
+# Pillow modes whose convert("RGB") is not faithful: 16-bit greyscale is clipped at 255 (an all-white
+# image), 32-bit integer and float pixels have no range to scale from.
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+REFUSED_MODES = frozenset({"I", "F"})
+
+
+def to_rgb(im: Image.Image, path: str | os.PathLike) -> Image.Image:
+    """An RGB version of ``im`` that keeps its content: 16-bit greyscale is scaled to 8 bits
+    (round(v * 255 / 65535)); modes without a known range are refused naming the file. Pillow
+    already reduces 16-bit RGB(A) and grey+alpha PNGs to 8 bits correctly."""
+    if im.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(im).astype(np.uint32)
+        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), mode="L").convert("RGB")
+    if im.mode in REFUSED_MODES:
+        raise FeatdynError(f"image {path} has Pillow mode {im.mode!r} (32-bit integer or float pixels): it cannot be "
+                           f"converted to 8-bit RGB faithfully; convert it to 8- or 16-bit first")
+    return im.convert("RGB")
+
+
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode one image to RGB and resize it straight to ``size`` x ``size`` (no crop), as uint8."""
+    """Decode one image to RGB (:func:`to_rgb`) and resize it straight to ``size`` x ``size`` (no
+    crop), as uint8."""
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            im = to_rgb(im, path).resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise FeatdynError(f"cannot read image {path}: {exc} (corrupt, truncated or not an image)") from exc
@@ -223,6 +259,7 @@ def prepare(tree_root: str | os.PathLike, out_dir: str | os.PathLike, size: int,
     tree = scan_tree(tree_root, f"dataset {name!r} ({'train' if test_root else 'images'})")
     test_tree = scan_tree(test_root, f"dataset {name!r} (test)") if test_root else None
     df = build_manifest(tree, spec, test_tree)
+    check_classes(sorted(df["class"].unique()), tree_root, f"dataset {name!r}")
     log.info("%s: %d classes, %d train, %d test, %d probe images", name, df["label"].nunique(),
              (df["split"] == "train").sum(), (df["split"] == "test").sum(), df["probe"].sum())
     build_cache(df["path"].tolist(), size, out_dir / "cache.npy", threads=threads)

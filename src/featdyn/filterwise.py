@@ -25,6 +25,7 @@ eigensolver; the two agree to ~1e-10 (tests/test_filterwise.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from . import FeatdynError
+from .finite import check_finite
 from .linalg import chunked, nuclear_norm, polar_nuclear_norm, resolve_device
 from .metric_kinds import FILTER_KINDS
 
@@ -104,6 +106,17 @@ MAP_DISTANCES: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
     "procrustes": procrustes_maps, "cka": cka_maps}
 
 
+def check_maps(a, b) -> None:
+    """Refuse map pairs with NaN or inf, and maps so large that their float64 Frobenius norms
+    would overflow (|x|^2 H W > 1.8e308: every such pair would otherwise count as dead)."""
+    top = max(check_finite(a, "maps of the source (A)"), check_finite(b, "maps of the target (B)"))
+    h, w = a.shape[-2:]
+    limit = math.sqrt(torch.finfo(torch.float64).max / (h * w)) / 2
+    if top > limit:
+        raise FeatdynError(f"maps with values up to {top:.3g} overflow float64 map norms (limit {limit:.3g} for "
+                           f"{h} x {w} maps); such values cannot be compared")
+
+
 def check_kind(kind: str, method: str = "auto") -> None:
     if kind not in MAP_DISTANCES:
         raise FeatdynError(f"filter granularity exists for {list(FILTER_KINDS)}, not {kind!r}")
@@ -124,6 +137,7 @@ def map_distances(kind: str, a, b, method: str = "auto", device: torch.device | 
     ta, tb = torch.as_tensor(a), torch.as_tensor(b)
     if ta.shape != tb.shape or ta.ndim < 2:
         raise FeatdynError(f"map pairs must have the same shape (..., H, W): got {tuple(ta.shape)} and {tuple(tb.shape)}")
+    check_maps(ta, tb)
     dev = resolve_device(device, ta)
     if method == "auto":
         method = "polar" if dev.type == "cuda" else "svd"
@@ -189,8 +203,9 @@ class FilterAccumulator:
         if getattr(x, "ndim", 0) != 4 or len(labels) != x.shape[0]:
             raise FeatdynError(f"expected (B, C, H, W) maps with B = {len(labels)} labels, got shape "
                                f"{tuple(getattr(x, 'shape', ()))}")
-        values, valid = map_distances(self.kind, x, y, self.method, self.device)
+        values, valid = map_distances(self.kind, x, y, self.method, self.device)  # inputs checked there
         values, valid = values.numpy(), valid.numpy()
+        check_finite(values, f"{self.kind} map distances")  # a non-finite value is never averaged in
         for label in np.unique(labels):
             rows = labels == label
             c = values.shape[1]

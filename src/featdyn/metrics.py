@@ -7,6 +7,15 @@ few C x C decompositions.
 
 Each metric is one small function with its math in the docstring, and declares its properties in
 :data:`METRICS` (the property tests check each claim both ways).
+
+Conventions shared by all of them:
+
+- Dead units: a column that is zero after centring (a dead ReLU channel) carries no variance and
+  changes no value (the ``zero_padding`` invariance). This also makes representations of different
+  widths comparable by zero-padding the narrower one, as netrep does.
+- Numbers: the statistics must be finite (a FeatdynError otherwise, never a NaN passed on); they
+  are rescaled by exact powers of two before any product, so finite statistics of activations as
+  large as ~1e150 give the same value as at unit scale instead of overflowing to the maximum.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import FeatdynError
+from .finite import all_finite, describe_nonfinite
 from .linalg import nuclear_norm, resolve_device, sym_eigh
 from .metric_kinds import KIND_PARAMS, check_params  # noqa: F401 - check_params re-exported
 from .stats import PairStats, pair_stats
@@ -37,7 +47,7 @@ class MetricInfo:
     """What a metric is, and which of its properties the tests must confirm.
 
     ``invariances`` names the transformations of one representation that leave the value
-    unchanged (orthogonal, isotropic_scaling, translation, invertible_linear); the property tests
+    unchanged (orthogonal, isotropic_scaling, translation, invertible_linear, zero_padding); the property tests
     check each name both ways: a declared invariance must hold and an undeclared one must change
     the value. ``param_invariances`` adds the invariances that only some parameter values have.
     """
@@ -58,6 +68,31 @@ class MetricInfo:
         return self.invariances | extra
 
 
+def _scaled(s: PairStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Cxx, Cyy, Cxy) of :meth:`PairStats.centered`, checked finite and scaled by powers of two,
+    Cxx * 2^-2kx, Cyy * 2^-2ky, Cxy * 2^-(kx + ky), so that both traces lie in [1/4, 1).
+
+    Every metric here is invariant to isotropic scaling, and a power of two scales a float64
+    exactly: the values are those of the unscaled matrices bit for bit, but no product of traces
+    or Frobenius norms (~1e300 each for activations ~1e150) can overflow. Computed once."""
+    if "scaled" not in s.cache:
+        mats = s.centered()
+        for name, m in zip(("Cxx", "Cyy", "Cxy"), mats):
+            if not all_finite(m):
+                raise FeatdynError(f"the statistics are not finite ({name}: {describe_nonfinite(m)}); the "
+                                   f"activations hold NaN or inf, or their squares overflowed float64")
+        cxx, cyy, cxy = mats
+        traces = [float(torch.trace(cxx)), float(torch.trace(cyy))]
+        if not all(math.isfinite(t) for t in traces):
+            raise FeatdynError(f"the traces of the scatter matrices overflow float64 ({traces}); the activations "
+                               f"are too large to compare")
+        kx, ky = (math.ceil(math.frexp(t)[1] / 2) if t > 0 else 0 for t in traces)
+        s.cache["scaled"] = (torch.ldexp(cxx, torch.tensor(-2.0 * kx, dtype=cxx.dtype, device=cxx.device)),
+                             torch.ldexp(cyy, torch.tensor(-2.0 * ky, dtype=cyy.dtype, device=cyy.device)),
+                             torch.ldexp(cxy, torch.tensor(-float(kx + ky), dtype=cxy.dtype, device=cxy.device)))
+    return s.cache["scaled"]
+
+
 def _undefined(what: str) -> float:
     warnings.warn(f"{what}: a representation has zero variance; the distance is undefined (NaN)",
                   DegenerateWarning, stacklevel=3)
@@ -73,7 +108,7 @@ def procrustes(s: PairStats) -> float:
     ||X*^T Y*||_* = ||Cxy||_* / sqrt(tr Cxx tr Cyy). Not a metric (half a squared distance);
     sqrt(2 * value) = d is.
     """
-    cxx, cyy, cxy = s.centered()
+    cxx, cyy, cxy = _scaled(s)
     tx, ty = float(torch.trace(cxx)), float(torch.trace(cyy))
     if tx <= 0 or ty <= 0:
         return _undefined("procrustes")
@@ -92,7 +127,7 @@ def _eig_side(s: PairStats, side: str) -> tuple[torch.Tensor, torch.Tensor, torc
     """
     key = f"eig_{side}"
     if key not in s.cache:
-        c = s.centered()[0 if side == "x" else 1]
+        c = _scaled(s)[0 if side == "x" else 1]
         lam, v = sym_eigh(c)
         keep = lam > EIG_TOL * lam[-1].clamp_min(0) * c.shape[0]
         # the same association as the cross term (V^T C) V, so that X against itself rounds alike
@@ -102,13 +137,17 @@ def _eig_side(s: PairStats, side: str) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 def _whitening_weights(lam: torch.Tensor, keep: torch.Tensor, alpha: float) -> torch.Tensor:
-    """d = alpha + (1 - alpha) / sqrt(lam') with lam' = C * lam / tr(C..): phi_alpha = V diag(d) V^T.
+    """d = alpha + (1 - alpha) / sqrt(lam') with lam' = r * lam / tr(C..): phi_alpha = V diag(d) V^T.
 
-    lam' has unit mean, so the whitening does not depend on the scale of the activations (netrep
-    whitens with the raw X^T X, whose scale then leaks into the distance for 0 < alpha < 1).
+    r is the rank (the number of kept, non-zero eigenvalues), so lam' has unit mean over the
+    directions that hold variance: the whitening depends neither on the scale of the activations
+    (netrep whitens with the raw X^T X, whose scale then leaks into the distance for
+    0 < alpha < 1) nor on how many dead (all-zero) units the layer has. Normalising by the width C
+    instead would shrink lam' by r / C for every dead unit and change the distance.
     Numerically-zero directions get d = 0: they hold no variance to whiten.
     """
-    scaled = lam * (lam.shape[0] / lam.sum())
+    rank = int(keep.sum())
+    scaled = lam * (max(rank, 1) / lam[keep].sum().clamp_min(1e-300))
     return torch.where(keep, alpha + (1.0 - alpha) / scaled.clamp_min(1e-300).sqrt(), torch.zeros_like(lam))
 
 
@@ -118,10 +157,12 @@ def pwsm(s: PairStats, alpha: float = 0.0) -> float:
         theta = arccos( ||phi(X)^T phi(Y)||_* / (||phi(X)||_F ||phi(Y)||_F) ),
 
     where phi(X) = X V diag(alpha + (1 - alpha) lam'^-1/2) V^T partially whitens X with the
-    eigen-decomposition V diag(lam) V^T of Cxx, lam' = C lam / tr(Cxx) (unit mean eigenvalue).
+    eigen-decomposition V diag(lam) V^T of Cxx, lam' = r_x lam / tr(Cxx) on the r_x = rank(Cxx)
+    non-zero eigenvalues (unit mean over them) and d = 0 on the zero ones. Normalising by the rank,
+    not by the width C, makes dead units (zero-padding) an invariance for every alpha.
     alpha = 1 is the angular Procrustes distance arccos(1 - procrustes); alpha = 0 whitens fully
-    and gives arccos of the mean canonical correlation (CCA). It is a metric for every alpha (the
-    angle between phi(X) and the best rotation of phi(Y)). With alpha = 0 and no more centred
+    and gives the CCA distance (:func:`cca`). It is a metric for every alpha (the angle between
+    phi(X) and the best rotation of phi(Y)). With alpha = 0 and no more centred
     observations (n - 1) than features, every representation of full rank spans the same space:
     the distance is exactly 0 (a warning says so).
 
@@ -131,7 +172,7 @@ def pwsm(s: PairStats, alpha: float = 0.0) -> float:
     """
     if not 0.0 <= alpha <= 1.0:
         raise FeatdynError(f"pwsm: alpha must lie in [0, 1], got {alpha}")
-    cxx, cyy, cxy = s.centered()
+    cxx, cyy, cxy = _scaled(s)
     if float(torch.trace(cxx)) <= 0 or float(torch.trace(cyy)) <= 0:
         return _undefined("pwsm")
     if alpha == 0.0 and s.n - 1 <= max(cxx.shape[0], cyy.shape[0]):
@@ -148,9 +189,17 @@ def pwsm(s: PairStats, alpha: float = 0.0) -> float:
 
 
 def cca(s: PairStats) -> float:
-    """Canonical correlation distance: pwsm with alpha = 0, i.e. arccos(mean canonical correlation).
+    """Canonical correlation distance: pwsm with alpha = 0,
 
-    Invariant to any invertible linear map of either representation."""
+        theta = arccos( sum_i rho_i / sqrt(r_x r_y) ),
+
+    rho_i the min(r_x, r_y) canonical correlations, r_x and r_y the ranks of X and Y (their
+    numbers of non-dead, linearly independent units). When both ranks agree this is arccos of
+    the mean canonical correlation; when they differ, the sum is divided by the geometric mean of
+    the ranks, not by the smaller one: the angle between the fully whitened representations,
+    which keeps the triangle inequality (with the smaller rank, a representation would be at
+    distance 0 from any wider one that contains it). Invariant to any invertible linear map of
+    either representation and to dead units."""
     return pwsm(s, alpha=0.0)
 
 
@@ -159,14 +208,15 @@ def cka(s: PairStats) -> float:
 
         1 - ||Cxy||_F^2 / (||Cxx||_F ||Cyy||_F).
     """
-    cxx, cyy, cxy = s.centered()
+    cxx, cyy, cxy = _scaled(s)
     nx, ny = float(torch.linalg.matrix_norm(cxx)), float(torch.linalg.matrix_norm(cyy))
     if nx <= 0 or ny <= 0:
         return _undefined("cka")
     return min(max(1.0 - float(torch.linalg.matrix_norm(cxy)) ** 2 / (nx * ny), 0.0), 1.0)
 
 
-_SIMILARITY = frozenset({"orthogonal", "isotropic_scaling", "translation"})
+# zero_padding: appending dead (all-zero) units to a representation changes nothing.
+_SIMILARITY = frozenset({"orthogonal", "isotropic_scaling", "translation", "zero_padding"})
 
 
 def _pwsm_invariances(params: dict) -> frozenset[str]:
@@ -192,8 +242,13 @@ def info(name: str) -> MetricInfo:
 
 
 def from_stats(name: str, stats: PairStats, **params) -> float:
-    """The distance ``name`` from precomputed :class:`PairStats`."""
-    return info(name).fn(stats, **check_params(name, params))
+    """The distance ``name`` from precomputed :class:`PairStats`. Non-finite statistics are refused
+    (FeatdynError); the value is finite, or NaN with a :class:`DegenerateWarning` (zero variance)."""
+    value = info(name).fn(stats, **check_params(name, params))
+    cxx, cyy, _ = _scaled(stats)
+    if not math.isfinite(value) and float(torch.trace(cxx)) > 0 and float(torch.trace(cyy)) > 0:
+        raise FeatdynError(f"{name}: the value is {value} for finite statistics")
+    return value
 
 
 def _check_2d(x, y) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -12,7 +14,7 @@ import torch
 
 from . import FeatdynError
 from .filterwise import FilterAccumulator, FilterScores
-from .metrics import from_stats
+from .metrics import DegenerateWarning, from_stats
 from .progress import Progress
 from .stats import Accumulator, PairStats, SideStats, load_pairs, load_sides, stream_pair
 from .stores import open_pair, open_store
@@ -26,6 +28,19 @@ FILTER_COLUMNS = ["model", "dataset", "metric", "kind", "layer", "layer_index", 
 log = logging.getLogger("featdyn.similarity")
 
 
+@contextlib.contextmanager
+def about(what: str, *paths: str | os.PathLike) -> Iterator[None]:
+    """Prefix a FeatdynError raised inside with ``what`` (the store or file, layer and epoch), so that
+    an error from the statistics or the metrics says which numbers it was computing; errors that
+    already name one of ``paths`` (the store reader's) pass as they are."""
+    try:
+        yield
+    except FeatdynError as exc:
+        if any(str(p) in str(exc) for p in paths):
+            raise
+        raise FeatdynError(f"{what}: {exc}") from exc
+
+
 def source_stats_from_store(path: str | os.PathLike, device: torch.device | str = "cpu",
                             expect: Mapping | None = None) -> dict[str, SideStats]:
     """Per-layer statistics of the source model's activations (read once, shared by all epochs).
@@ -33,25 +48,31 @@ def source_stats_from_store(path: str | os.PathLike, device: torch.device | str 
     store = open_store(path, {**(expect or {}), "epoch": 0})
     out = {}
     for layer in store.layers:
-        acc = Accumulator(device)
-        for _, block in store.batches(layer):
-            acc.update(block)
-        out[layer] = acc.side()
+        with about(f"activation store {path}, layer {layer!r}, epoch 0", path):
+            acc = Accumulator(device)
+            for _, block in store.batches(layer):
+                acc.update(block)
+            out[layer] = acc.side()
         log.info("source %s: n=%d, C=%d", layer, out[layer].n, out[layer].sum.shape[0])
     return out
 
 
 def pair_stats_from_stores(source_path: str | os.PathLike, target_path: str | os.PathLike,
                            source: Mapping[str, SideStats], device: torch.device | str = "cpu",
-                           expect: Mapping | None = None) -> dict[str, PairStats]:
-    """Per-layer cross statistics of (source, target), streamed chunk by chunk from both stores."""
-    src, tgt = open_pair(source_path, target_path, expect)
+                           expect: Mapping | None = None, *, source_attrs: Mapping | None = None,
+                           target_attrs: Mapping | None = None) -> dict[str, PairStats]:
+    """Per-layer cross statistics of (source, target), streamed chunk by chunk from both stores.
+    ``expect`` applies to both stores, ``source_attrs`` / ``target_attrs`` to one (epoch, checkpoint hash)."""
+    src, tgt = open_pair(source_path, target_path, expect, source=source_attrs, target=target_attrs)
     out = {}
     for layer in src.layers:
         if layer not in source:
             raise FeatdynError(f"source statistics lack layer {layer!r}")
-        blocks = ((xb, yb) for (_, xb), (_, yb) in zip(src.batches(layer), tgt.batches(layer, src.array(layer).chunks[0])))
-        out[layer] = stream_pair(blocks, device, source=source[layer])
+        with about(f"activation stores {source_path} and {target_path}, layer {layer!r}, "
+                   f"epoch {tgt.attrs.get('epoch')}", source_path, target_path):
+            blocks = ((xb, yb) for (_, xb), (_, yb) in
+                      zip(src.batches(layer), tgt.batches(layer, src.array(layer).chunks[0])))
+            out[layer] = stream_pair(blocks, device, source=source[layer])
         log.info("epoch %s %s: n=%d", tgt.attrs.get("epoch"), layer, out[layer].n)
     return out
 
@@ -69,7 +90,12 @@ def score_layers(source_file: str | os.PathLike, epoch_files: Sequence[str | os.
     rows = []
     for epoch, path in zip(epochs, epoch_files):
         for i, (layer, stats) in enumerate(load_pairs(path, source, device).items()):
-            value = from_stats(block["kind"], stats, **params)
+            with about(f"metrics.{metric} ({block['kind']}) of {path} (with {source_file}), layer {layer!r}, "
+                       f"epoch {epoch}"), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DegenerateWarning)
+                value = from_stats(block["kind"], stats, **params)
+            for w in caught:  # an undefined value (NaN) is reported with its layer and epoch
+                log.warning("%s: layer %s, epoch %s: %s", metric, layer, epoch, w.message)
             rows.append((model, dataset, metric, block["kind"], "layer", layer, i, int(epoch), value))
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
@@ -77,22 +103,26 @@ def score_layers(source_file: str | os.PathLike, epoch_files: Sequence[str | os.
 def filter_table_from_stores(source_path: str | os.PathLike, target_path: str | os.PathLike, block: Mapping, *,
                              model: str, dataset: str, metric: str,
                              device: torch.device | str | None = None,
-                             expect: Mapping | None = None) -> pd.DataFrame:
+                             expect: Mapping | None = None, source_attrs: Mapping | None = None,
+                             target_attrs: Mapping | None = None) -> pd.DataFrame:
     """Filter-granularity distances of one epoch against the source model (epoch 0), per layer,
-    class and filter (:data:`FILTER_COLUMNS`), streamed chunk by chunk from both stores."""
+    class and filter (:data:`FILTER_COLUMNS`), streamed chunk by chunk from both stores.
+    ``expect``, ``source_attrs``, ``target_attrs``: as in :func:`pair_stats_from_stores`."""
     if block.get("granularity") != "filter":
         raise FeatdynError(f"metrics.{metric}: filter tables need granularity 'filter', got {block.get('granularity')!r}")
-    src, tgt = open_pair(source_path, target_path, expect)
+    src, tgt = open_pair(source_path, target_path, expect, source=source_attrs, target=target_attrs)
     epoch = int(tgt.attrs.get("epoch", -1))
     frames = []
     for index, layer in enumerate(src.layers):
         acc = FilterAccumulator(block["kind"], device=device)
         chunk = src.array(layer).chunks[0]
         progress = Progress(log, f"epoch {epoch} {layer}", -(-src.n // chunk))
-        for step, ((start, xb), (_, yb)) in enumerate(zip(src.batches(layer), tgt.batches(layer, chunk)), 1):
-            acc.update(xb, yb, src.labels[start:start + len(xb)])
-            progress.update(step, len(xb))
-        scores = acc.result()
+        with about(f"activation stores {source_path} and {target_path}, layer {layer!r}, epoch {epoch}",
+                   source_path, target_path):
+            for step, ((start, xb), (_, yb)) in enumerate(zip(src.batches(layer), tgt.batches(layer, chunk)), 1):
+                acc.update(xb, yb, src.labels[start:start + len(xb)])
+                progress.update(step, len(xb))
+            scores = acc.result()
         skipped, undefined = int(scores.skipped.sum()), scores.undefined_filters()
         if skipped:
             log.warning("epoch %d %s: %d (image, filter) map pairs skipped as dead (zero after centring); "

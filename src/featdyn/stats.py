@@ -13,6 +13,7 @@ The source side (n, sum_x, X^T X) does not depend on the epoch: it is computed o
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ import torch
 
 from . import FeatdynError
 from .atomic import atomic_path
+from .finite import all_finite, check_finite
 from .linalg import as_tensor
 
 # Elements per float64 block and side: bounds the working memory of one update. On a CPU 32 MiB
@@ -102,6 +104,10 @@ class Accumulator:
 
     def update(self, x, y=None) -> None:
         """Add the rows of ``x`` (and the matching rows of ``y``); maps are flattened by :func:`rows_of`."""
+        # checked as given, so that the error's index is (image, channel, y, x) for maps
+        check_finite(x, "activations (X)")
+        if y is not None:
+            check_finite(y, "activations (Y)")
         x = rows_of(x)
         y = rows_of(y) if y is not None else None
         if y is not None and y.shape[0] != x.shape[0]:
@@ -140,12 +146,24 @@ class Accumulator:
     def side(self) -> SideStats:
         if self.n == 0:
             raise FeatdynError("no rows were accumulated")
+        check_sums(self.sx, self.xx)
         return SideStats(self.n, self.x_shift, self.sx, self.xx)
 
     def pair(self) -> PairStats:
         if self.xy is None:
             raise FeatdynError("no Y rows were accumulated")
+        check_sums(self.sy, self.yy, self.xy)
         return PairStats(self.side(), SideStats(self.n, self.y_shift, self.sy, self.yy), self.xy)
+
+
+def check_sums(*sums: torch.Tensor) -> None:
+    """The accumulated float64 sums are finite. The inputs were checked finite, so an inf here is an
+    overflow: squares of activations around 1e150 and beyond exceed float64's 1.8e308, and every
+    metric computed from them would be meaningless (each would report its maximum)."""
+    for t in sums:
+        if not all_finite(t):
+            raise FeatdynError("the float64 statistics overflowed (sums of squared activations exceed 1.8e308: "
+                               "activations of magnitude ~1e150 or more); such values cannot be compared")
 
 
 def pair_stats(x, y, device: torch.device | str = "cpu") -> PairStats:
@@ -182,15 +200,37 @@ def save_sides(path: str | os.PathLike, sides: Mapping[str, SideStats]) -> None:
         np.savez(tmp, **arrays)
 
 
-def load_sides(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, SideStats]:
+# What a damaged statistics file raises: a truncated zip (BadZipFile, EOFError), a missing member
+# (KeyError), a corrupt member (ValueError, zlib.error is an Exception too), an unreadable file (OSError).
+_NPZ_ERRORS = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile)
+
+
+def _read_npz(path: str | os.PathLike, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (or ``names``), read fully and checked finite; any damage becomes a
+    FeatdynError naming the file and what was wrong."""
     try:
-        z = np.load(path)
-        layers = list(z["__layers__"])
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in (names if names is not None else z.files)}
+    except _NPZ_ERRORS as exc:
+        raise FeatdynError(f"cannot read statistics file {path}: {type(exc).__name__}: {exc} "
+                           f"(truncated or damaged: remove it and rerun the job that wrote it)") from exc
+    for name, a in arrays.items():
+        check_finite(a, f"statistics file {path}, array {name!r}")
+    return arrays
+
+
+def _sides_of(path: str | os.PathLike, z: Mapping[str, np.ndarray],
+              device: torch.device | str) -> dict[str, SideStats]:
+    try:
         return {str(layer): SideStats(int(z[f"{i}/n"]), as_tensor(z[f"{i}/shift"], device),
                                       as_tensor(z[f"{i}/sum"], device), as_tensor(z[f"{i}/gram"], device))
-                for i, layer in enumerate(layers)}
-    except (OSError, KeyError, ValueError) as exc:
-        raise FeatdynError(f"cannot read statistics file {path}: {exc}") from exc
+                for i, layer in enumerate(z["__layers__"])}
+    except KeyError as exc:
+        raise FeatdynError(f"statistics file {path} lacks the array {exc}") from exc
+
+
+def load_sides(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, SideStats]:
+    return _sides_of(path, _read_npz(path), device)
 
 
 def save_pairs(path: str | os.PathLike, pairs: Mapping[str, PairStats]) -> None:
@@ -208,11 +248,13 @@ def save_pairs(path: str | os.PathLike, pairs: Mapping[str, PairStats]) -> None:
 def load_pairs(path: str | os.PathLike, source: Mapping[str, SideStats],
                device: torch.device | str = "cpu") -> dict[str, PairStats]:
     """Load an epoch's statistics and join them with the shared ``source`` side."""
-    targets = load_sides(path, device)
-    z = np.load(path)
+    z = _read_npz(path)
+    targets = _sides_of(path, z, device)
     out = {}
     for i, (layer, ys) in enumerate(targets.items()):
         if layer not in source:
             raise FeatdynError(f"{path}: layer {layer!r} has no source statistics")
+        if f"{i}/xy" not in z:
+            raise FeatdynError(f"statistics file {path} lacks the array '{i}/xy'")
         out[layer] = PairStats(source[layer], ys, as_tensor(z[f"{i}/xy"], device))
     return out

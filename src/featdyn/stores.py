@@ -6,10 +6,16 @@ A batch of a large layer is split further along the channel axis (at most ``MAX_
 per chunk): bounded chunk sizes for any reader, and several chunks that zarr compresses in parallel.
 
 Group attributes record what the activations are of (layers, checkpoint hash, probe-set hash,
-dtype, image size), and :func:`open_store` / :func:`open_pair` check them before any comparison.
-Stores are written under a temporary name and renamed when complete, so a killed job never leaves
-one that looks finished. Any Zarr v3 reader opens them (``zarr.open_group(path, mode="r")``,
-xarray via the arrays' dimension names).
+epoch, model, dataset, dtype, image size), and :func:`open_store` / :func:`open_pair` check them
+before any comparison. Stores are written under a temporary name and renamed when complete, so a
+killed job never leaves one that looks finished. Any Zarr v3 reader opens them
+(``zarr.open_group(path, mode="r")``, xarray via the arrays' dimension names).
+
+Integrity (store format 2): every chunk ends with a crc32c checksum (the Zarr v3 ``crc32c`` codec,
+after zstd when compressed), and a reader checks that every chunk file of every array exists
+before it reads anything. Zarr itself reads a missing chunk as the fill value (zeros) and garbage
+bytes of an uncompressed chunk as numbers; here both are errors that name the chunk file. Values
+are checked finite when written (NaN and inf are refused, naming the layer).
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,18 +34,22 @@ import zarr
 import zarr.codecs
 
 from . import FeatdynError, __version__
-from .atomic import atomic_path
+from .atomic import atomic_path, remove_stale_temporaries, stale_temporaries
+from .finite import describe_nonfinite
 
 log = logging.getLogger("featdyn.stores")
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
-STORE_FORMAT = 1
+# 2: a crc32c checksum ends every chunk (format 1 stores had none and are refused).
+STORE_FORMAT = 2
 DIMS = ("image", "channel", "y", "x")
 # Largest uncompressed chunk: big enough that per-chunk overheads vanish, small enough that a
 # reader's block and a compression job stay modest (VGG19's first layer is 411 MB per batch of 32).
 MAX_CHUNK_BYTES = 16 << 20
 # Attributes two stores must share to be compared (besides their layer shapes).
 PAIR_KEYS = ("probe_sha256", "image_size", "layers", "model", "dataset", "arch")
+# How a user recomputes one damaged or stale store (README: "When something goes wrong").
+_RECOMPUTE = "recompute it with `snakemake -f {path}`, then run `snakemake` for what reads it"
 
 
 def array_name(layer: str) -> str:
@@ -48,11 +57,13 @@ def array_name(layer: str) -> str:
     return layer.replace("@", "__call")
 
 
-def _compressors(codec: str, level: int):
+def _compressors(codec: str, level: int) -> list:
+    """The bytes-to-bytes codec chain: optional zstd, then a crc32c checksum of the stored bytes
+    (4 bytes per chunk; google-crc32c, a zarr dependency, checks ~GB/s)."""
     if codec == "none":
-        return None
+        return [zarr.codecs.Crc32cCodec()]
     if codec == "zstd":
-        return [zarr.codecs.ZstdCodec(level=level)]
+        return [zarr.codecs.ZstdCodec(level=level), zarr.codecs.Crc32cCodec()]
     raise FeatdynError(f"extraction.codec: unknown codec {codec!r}; expected 'none' or 'zstd'")
 
 
@@ -66,19 +77,19 @@ def chunk_shape(shape: Sequence[int], chunk: int, itemsize: int, max_bytes: int 
     return (chunk, max(d for d in range(1, c + 1) if c % d == 0 and d <= fit), *rest)
 
 
-def _stale_temporaries(path: Path) -> list[Path]:
-    """Temporaries of ``path`` left by a killed writer (atomic_path's naming: .<name>.tmp-*)."""
-    return sorted(path.parent.glob(f".{path.name}.tmp-*")) if path.parent.is_dir() else []
-
-
-def check_float16_range(layer: str, values: np.ndarray) -> None:
-    """Refuse values that float16 cannot hold (|x| > 65504, inf, NaN) instead of storing inf."""
+def check_activations(layer: str, values: np.ndarray, dtype: np.dtype, where: str = "") -> None:
+    """Refuse NaN and inf (a diverged model's activations are not data), and values that ``dtype``
+    cannot hold (float16: |x| > 65504 would be stored as inf)."""
     if values.size == 0:
         return
-    peak = max(float(values.max()), -float(values.min()))
-    if not np.isfinite(peak) or peak > FLOAT16_MAX:
-        raise FeatdynError(f"layer {layer!r} has values up to {peak:.4g} in magnitude, outside float16's range "
-                           f"(+-{FLOAT16_MAX:.0f}); use extraction.dtype: float32")
+    lo, hi = float(values.min()), float(values.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise FeatdynError(f"layer {layer!r}{where} has non-finite activations: {describe_nonfinite(values)} "
+                           f"(the checkpoint's weights or the model diverged; nothing was stored)")
+    peak = max(hi, -lo)
+    if dtype == np.float16 and peak > FLOAT16_MAX:
+        raise FeatdynError(f"layer {layer!r}{where} has values up to {peak:.4g} in magnitude, outside float16's "
+                           f"range (+-{FLOAT16_MAX:.0f}); use extraction.dtype: float32")
 
 
 class StoreWriter:
@@ -113,9 +124,7 @@ class StoreWriter:
         self._index = np.full(n, -1, dtype=np.int64)
 
     def __enter__(self) -> StoreWriter:
-        for stale in _stale_temporaries(self.path):
-            log.warning("removing %s, left by an interrupted writer of %s", stale, self.path)
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_stale_temporaries(self.path)
         self._tmp = self._atomic.__enter__()
         try:
             self.group = zarr.open_group(store=str(self._tmp), mode="w", zarr_format=3)
@@ -157,8 +166,7 @@ class StoreWriter:
             elif self.arrays[layer].shape[1:] != values.shape[1:]:
                 raise FeatdynError(f"layer {layer!r}: batch shape {values.shape[1:]} differs from the store's "
                                    f"{self.arrays[layer].shape[1:]}")
-            if self.dtype == np.float16:
-                check_float16_range(layer, values)
+            check_activations(layer, values, self.dtype, f" (probe rows {start}-{stop - 1}, store {self.path})")
             blocks[layer] = values.astype(self.dtype, copy=False)
         list(self._pool.map(lambda layer: self.arrays[layer].__setitem__(slice(start, stop), blocks[layer]),
                             self.layers))
@@ -192,12 +200,13 @@ class StoreWriter:
 
 
 class ActivationStore:
-    """A finished activation store, opened read-only, its attributes checked."""
+    """A finished activation store, opened read-only: its attributes checked, every chunk file of
+    every array present (:meth:`check_chunks`), every chunk's checksum verified as it is read."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
-            stale = _stale_temporaries(self.path)
+            stale = stale_temporaries(self.path)
             hint = f" (only the interrupted write {stale[0].name} is there)" if stale else ""
             raise FeatdynError(f"activation store {self.path} does not exist{hint}")
         try:
@@ -205,17 +214,55 @@ class ActivationStore:
         except Exception as exc:
             raise FeatdynError(f"cannot open activation store {self.path}: {exc}") from exc
         self.attrs = dict(self.group.attrs)
-        if not self.attrs.get("complete") or self.attrs.get("format") != STORE_FORMAT:
+        if not self.attrs.get("complete") or "format" not in self.attrs:
             raise FeatdynError(f"activation store {self.path} is incomplete or not a featdyn store "
                                f"(format {STORE_FORMAT})")
-        self.layers: list[str] = list(self.attrs["layers"])
-        self.n = int(self.attrs["n"])
-        self.labels = np.asarray(self.group["labels"][:])
-        self.index = np.asarray(self.group["index"][:])
+        if self.attrs["format"] != STORE_FORMAT:
+            raise FeatdynError(f"activation store {self.path} has store format {self.attrs['format']}, this featdyn "
+                               f"reads format {STORE_FORMAT} (chunks with crc32c checksums): remove it "
+                               f"(rm -r {self.path}) and rerun, or rerun its job with --forcerun extract")
+        try:
+            self.layers: list[str] = list(self.attrs["layers"])
+            self.n = int(self.attrs["n"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FeatdynError(f"activation store {self.path}: bad or missing attribute {exc}") from exc
         for layer in self.layers:
             shape = self.array(layer).shape
             if shape[0] != self.n:
                 raise FeatdynError(f"activation store {self.path}: layer {layer!r} has {shape[0]} rows, expected {self.n}")
+        self.check_chunks()
+        self.labels = self._read_all("labels")
+        self.index = self._read_all("index")
+
+    def _node(self, name: str) -> zarr.Array:
+        try:
+            return self.group[name]
+        except KeyError:
+            raise FeatdynError(f"activation store {self.path} lacks the array {name!r}") from None
+
+    def _read_all(self, name: str) -> np.ndarray:
+        arr = self._node(name)
+        try:
+            return np.asarray(arr[:])
+        except Exception as exc:  # noqa: BLE001 - any decoding failure: name the file
+            raise FeatdynError(f"activation store {self.path}: array {name!r} is unreadable ({exc}): its chunk "
+                               f"{self.path / name / arr.metadata.encode_chunk_key((0,))} is corrupt; "
+                               f"{_RECOMPUTE.format(path=self.path)}") from exc
+
+    def check_chunks(self) -> None:
+        """Every chunk file that the arrays' chunk grids call for exists (zarr would read a missing
+        one as zeros). One directory listing per array."""
+        for name in [array_name(layer) for layer in self.layers] + ["labels", "index"]:
+            arr = self._node(name)
+            folder = self.path / name
+            present = {str(Path(dirpath, f).relative_to(folder)) for dirpath, _, files in os.walk(folder)
+                       for f in files if f != "zarr.json"}
+            for coords in np.ndindex(*arr.cdata_shape):
+                key = arr.metadata.encode_chunk_key(coords)
+                if key not in present:
+                    what = f"layer {arr.attrs.get('layer', name)!r}" if name not in ("labels", "index") else name
+                    raise FeatdynError(f"activation store {self.path}: chunk file {folder / key} of {what} is missing "
+                                       f"(the store is damaged; {_RECOMPUTE.format(path=self.path)})")
 
     def array(self, layer: str) -> zarr.Array:
         if layer not in self.layers:
@@ -224,6 +271,34 @@ class ActivationStore:
             return self.group[array_name(layer)]
         except KeyError:
             raise FeatdynError(f"activation store {self.path} lacks the array of layer {layer!r}") from None
+
+    def _where(self, layer: str, start: int, stop: int) -> str:
+        return (f"activation store {self.path}, layer {layer!r}, epoch {self.attrs.get('epoch')}, "
+                f"probe rows {start}-{stop - 1}")
+
+    def _corrupt_chunk(self, arr: zarr.Array, start: int, stop: int) -> str:
+        """The first chunk file of rows [start, stop) that fails to decode (the error path only)."""
+        first, last = start // arr.chunks[0], (stop - 1) // arr.chunks[0]
+        for coords in np.ndindex(last - first + 1, *arr.cdata_shape[1:]):
+            coords = (coords[0] + first, *coords[1:])
+            try:
+                arr.blocks[coords]
+            except Exception:  # noqa: BLE001 - this is the one
+                return str(self.path / arr.path / arr.metadata.encode_chunk_key(coords))
+        return "(none of them alone)"
+
+    def read(self, layer: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of ``layer``, every chunk's checksum verified; a failure names the store,
+        the layer, the epoch and the chunk file."""
+        arr = self.array(layer)
+        try:
+            block = np.asarray(arr[start:stop])
+        except Exception as exc:  # noqa: BLE001 - checksum mismatch, zstd error, truncated file...
+            raise FeatdynError(f"{self._where(layer, start, stop)}: chunk {self._corrupt_chunk(arr, start, stop)} "
+                               f"is corrupt ({type(exc).__name__}: {exc}); {_RECOMPUTE.format(path=self.path)}") from exc
+        # No finite check here: the writer refused NaN and inf, the checksums prove the bytes are
+        # the writer's, and the statistics check their inputs anyway (naming store, layer, epoch).
+        return block
 
     def batches(self, layer: str, batch: int | None = None, prefetch: bool = True) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (start, block) of ``layer`` along the image axis, ``batch`` rows at a time (default:
@@ -234,7 +309,7 @@ class ActivationStore:
         starts = list(range(0, self.n, step))
 
         def read(start: int) -> np.ndarray:
-            return np.asarray(arr[start:start + step])
+            return self.read(layer, start, min(start + step, self.n))
 
         if not prefetch:
             for start in starts:
@@ -250,13 +325,17 @@ class ActivationStore:
 
 
 def open_store(path: str | os.PathLike, expect: Mapping | None = None) -> ActivationStore:
-    """Open a store and refuse it unless every ``expect`` attribute matches."""
+    """Open a store and refuse it unless every ``expect`` attribute matches (its epoch, checkpoint
+    hash, model, dataset, layer list, probe-set hash...); the error names the attribute and both values."""
     store = ActivationStore(path)
     for key, want in (expect or {}).items():
         have = store.attrs.get(key)
+        if isinstance(want, tuple):
+            want = list(want)
         if have != want:
             raise FeatdynError(f"activation store {path}: attribute {key!r} is {have!r}, expected {want!r} "
-                               f"(the store was made from another checkpoint, probe set or setting)")
+                               f"(the store was made from another checkpoint, probe set or setting; "
+                               f"{_RECOMPUTE.format(path=path)})")
     return store
 
 
@@ -276,20 +355,22 @@ def check_pair(source: ActivationStore, target: ActivationStore) -> None:
 
 
 def open_pair(source_path: str | os.PathLike, target_path: str | os.PathLike,
-              expect: Mapping | None = None) -> tuple[ActivationStore, ActivationStore]:
+              expect: Mapping | None = None, *, source: Mapping | None = None,
+              target: Mapping | None = None) -> tuple[ActivationStore, ActivationStore]:
     """Open the source store (epoch 0) and a target store, both checked against ``expect`` (e.g.
-    :func:`expected_attrs`), and refuse the pair unless they are comparable (:func:`check_pair`)."""
-    source = open_store(source_path, {**(expect or {}), "epoch": 0})
-    target = open_store(target_path, expect)
-    check_pair(source, target)
-    return source, target
+    :func:`expected_attrs`) plus their own ``source`` / ``target`` attributes (each one's epoch and
+    checkpoint hash), and refuse the pair unless they are comparable (:func:`check_pair`)."""
+    src = open_store(source_path, {**(expect or {}), "epoch": 0, **(source or {})})
+    tgt = open_store(target_path, {**(expect or {}), **(target or {})})
+    check_pair(src, tgt)
+    return src, tgt
 
 
 def expected_attrs(dataset_summary: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
                    **attrs) -> dict:
     """Attributes a store must have to belong to this run: the probe-set hash and image size of a
     prepared dataset (its ``dataset.json``), the sha256 of a checkpoint file, and any ``attrs``
-    given as is (``model``, ``dataset``, ``epoch``)."""
+    given as is (``model``, ``dataset``, ``epoch``, ``layers``)."""
     out = dict(attrs)
     if dataset_summary is not None:
         try:
@@ -298,7 +379,12 @@ def expected_attrs(dataset_summary: str | os.PathLike | None = None, checkpoint:
         except (OSError, ValueError, KeyError) as exc:
             raise FeatdynError(f"cannot read the probe hash from {dataset_summary}: {exc}") from exc
     if checkpoint is not None:
-        from .datasets import file_sha256
+        from .download import file_sha256
 
-        out["checkpoint_sha256"] = file_sha256(checkpoint)
+        try:
+            out["checkpoint_sha256"] = file_sha256(checkpoint)
+        except OSError as exc:
+            raise FeatdynError(f"cannot read checkpoint {checkpoint} to check the stores made from it: {exc}") from exc
+    if "layers" in out:
+        out["layers"] = list(out["layers"])
     return out

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from . import FeatdynError
-from .atomic import atomic_path
+from .atomic import atomic_path, remove_stale_temporaries, write_error
+from .finite import describe_nonfinite, peak
 from .hyperparams import IMAGENET_MEAN, IMAGENET_STD, TrainConfig, epoch_params  # noqa: F401 - re-exported
 from .linalg import resolve_device
 from .models import build_model, build_source_model
@@ -201,12 +202,18 @@ def train_one_epoch(model: nn.Module, norm: Normalizer, optimizer: torch.optim.O
     use_bf16 = _flag(cfg.bf16, device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    # The first batch whose loss is NaN or inf (0: none yet), recorded on the device: on CUDA it is
+    # read only where the loop synchronises anyway (a progress line, the end), on a CPU every step.
+    first_bad = torch.zeros((), dtype=torch.int64, device=device)
     seen = pending = 0
     for step, (x, y) in enumerate(iterate_batches(cache, rows, cfg.batch_size, device, workers=workers), start=1):
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = _logits(model(norm(x)))
             loss = nn.functional.cross_entropy(logits.float(), y)
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+        if device.type != "cuda":
+            _check_loss(first_bad, epoch, n_batches, loss)
         loss.backward()
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -216,13 +223,33 @@ def train_one_epoch(model: nn.Module, norm: Normalizer, optimizer: torch.optim.O
         seen += len(y)
         pending += len(y)
         if _due(progress, step):
+            _check_loss(first_bad, epoch, n_batches)
             progress.update(step, pending, loss=float(loss_sum) / seen, acc=100.0 * int(correct) / seen)
             pending = 0
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    _check_loss(first_bad, epoch, n_batches)
     elapsed = progress.elapsed
     return {"train_loss": float(loss_sum) / max(seen, 1), "train_acc": 100.0 * int(correct) / max(seen, 1),
             "images_per_s": seen / max(elapsed, 1e-9)}
+
+
+def _check_loss(first_bad: torch.Tensor, epoch: int, n_batches: int, loss: torch.Tensor | None = None) -> None:
+    """Stop at a non-finite training loss, naming the epoch and the batch: the weights are about to
+    be (or already are) NaN, and every later number would be meaningless."""
+    bad = int(first_bad)
+    if bad:
+        value = f" (loss {float(loss.detach())})" if loss is not None else ""
+        raise FeatdynError(f"epoch {epoch}: the training loss is not finite at batch {bad} of {n_batches}{value}; "
+                           f"nothing was saved. The model diverged (try a lower training.lr, or training.grad_clip) "
+                           f"or its checkpoint holds NaN weights")
+
+
+def check_weights(state: dict, what: str) -> None:
+    """Every floating-point tensor of a state dict is finite; the error names the tensor."""
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not math.isfinite(peak(t)):
+            raise FeatdynError(f"{what}: weight {name!r} is not finite: {describe_nonfinite(t)}")
 
 
 def _seed_everything(seed: int) -> None:
@@ -247,18 +274,31 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
                     meta: dict, state_path: str | os.PathLike | None = None) -> None:
     """Atomically save the weights plus ``meta`` (arch, num_classes, epoch, seed...) to ``path``, and
     the optimizer state to ``state_path`` (default: :func:`resume_path` when there is an optimizer;
-    none without one). The state is written first, so a checkpoint never exists without it."""
+    none without one). The state is written first, so a checkpoint never exists without it.
+
+    Temporaries left by a killed save are removed first (VGG19's Adam state: 1.1 GB). torch.save
+    writes through a Python file object, so that a full disk surfaces as the OSError 'No space left
+    on device' (torch's own writer reports only an 'unexpected pos'); the error names the file and
+    the space left.
+    """
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    check_weights(weights, f"checkpoint {path} (epoch {meta.get('epoch')}), before saving")
     if state_path is None and optimizer is not None:
         state_path = resume_path(path)
     if state_path is not None:
-        state = {"format": CHECKPOINT_FORMAT, "epoch": meta.get("epoch"), "seed": meta.get("seed"),
-                 "optimizer": optimizer.state_dict() if optimizer is not None else None}
-        with atomic_path(state_path) as tmp:
-            torch.save(state, tmp)
-    payload = {"format": CHECKPOINT_FORMAT, **meta,
-               "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+        _save({"format": CHECKPOINT_FORMAT, "epoch": meta.get("epoch"), "seed": meta.get("seed"),
+               "optimizer": optimizer.state_dict() if optimizer is not None else None}, state_path)
+    _save({"format": CHECKPOINT_FORMAT, **meta, "model": weights}, path)
+
+
+def _save(payload: dict, path: str | os.PathLike) -> None:
+    remove_stale_temporaries(path)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(payload, f)
+        except (OSError, RuntimeError) as exc:
+            raise write_error(path, exc) from exc
 
 
 def load_checkpoint(path: str | os.PathLike, arch: str | None = None, num_classes: int | None = None,
@@ -274,6 +314,7 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, num_classe
         raise FeatdynError(f"checkpoint {path} is of width {ckpt.get('width', 1.0)}, expected {width}")
     if num_classes is not None and ckpt["num_classes"] != num_classes:
         raise FeatdynError(f"checkpoint {path} has {ckpt['num_classes']} classes, expected {num_classes}")
+    check_weights(ckpt["model"], f"checkpoint {path} (epoch {ckpt.get('epoch')})")
     return ckpt
 
 
@@ -329,7 +370,9 @@ def _source_model(arch: str, weights_file: str | os.PathLike | None, cache: Imag
     if weights_file is None:
         raise FeatdynError("epoch 0 needs the source weights file")
     _seed_everything(cfg.seed)
-    return build_source_model(arch, weights_file, cache.num_classes, cfg.seed, width)
+    model = build_source_model(arch, weights_file, cache.num_classes, cfg.seed, width)
+    check_weights(model.state_dict(), f"source weights file {weights_file}")
+    return model
 
 
 def _epoch(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None, norm: Normalizer,
@@ -346,6 +389,10 @@ def _epoch(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None
         row = train_one_epoch(model, norm, optimizer, cache, cfg, epoch, device, workers)
     t1 = time.perf_counter()
     row["test_loss"], row["test_acc"] = evaluate(model, norm, cache, "test", cfg, device, workers)
+    for key in ("train_loss", "test_loss"):
+        if not math.isfinite(row[key]):
+            raise FeatdynError(f"epoch {epoch}: the {key.replace('_', ' ')} is {row[key]} (the model's outputs are "
+                               f"not finite); nothing was saved")
     row |= {"train_s": t1 - t0, "eval_s": time.perf_counter() - t1}
     log.info("epoch %d: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.1f s train, %.1f s test",
              epoch, row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"],

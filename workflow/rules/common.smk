@@ -1,18 +1,10 @@
-# Helpers shared by all modules: the library's location, config resolution and the input functions.
-# All of this runs at every parse, including the re-parse that each cluster job does before its own
-# work, so none of it imports torch; the config check, which does, runs in the main process only.
-import importlib.util
+# Helpers shared by all modules: config resolution and the input functions. All of this runs at
+# every parse, including the re-parse that each cluster job does before its own work, so none of it
+# imports torch; the config check, which does, runs in the main process only.
 import os
-import sys
 from pathlib import Path
 
-# The library lives in src/; this process imports it from there. A job's script imports featdyn
-# from its Python environment: the package `make setup` installed (pip install -e .), or, in an
-# environment without featdyn (a --use-conda env), this src/ (Snakemake appends this process's
-# sys.path to every script's). An environment holding another checkout's featdyn is refused below.
-FEATDYN_SRC = os.path.join(workflow.basedir, "src")
-JOB_FEATDYN = importlib.util.find_spec("featdyn")
-sys.path.insert(0, FEATDYN_SRC)
+from snakemake.logging import logger
 
 from featdyn import FeatdynError
 from featdyn import config as fdconfig
@@ -20,6 +12,7 @@ from featdyn import fingerprints
 from featdyn.hyperparams import epoch_params
 
 if workflow.is_main_process:
+    # JOB_FEATDYN (Snakefile): the featdyn that jobs would import before this process's src/
     if JOB_FEATDYN is not None and JOB_FEATDYN.origin is not None:
         jobs_src = Path(JOB_FEATDYN.origin).resolve().parent.parent
         if jobs_src != Path(FEATDYN_SRC).resolve():
@@ -185,3 +178,39 @@ FILTER_TABLES = (
     if len(FILTER_METRICS) >= 2
     else []
 )
+
+
+# Intermediates that a complete run keeps, by the rule that writes them. When the tables exist,
+# Snakemake considers them up to date even if one of these was deleted (a failed job's output
+# is removed), and may report "Nothing to be done": say so at start-up, with the command.
+def kept_intermediates():
+    files = {}
+    for m, d in RUNS:
+        for e in range(final_epoch(m, d) + 1):
+            files[f"results/checkpoints/{m}/{d}/epoch_{e}.json"] = "finetune_epoch"
+        for e in analysed_epochs(m, d):
+            if config.get("retention", {}).get("activations", "keep") == "keep":  # dropped ones are meant to go
+                files[store_dir(m, d, e)] = "extract"
+            for s in FILTER_METRICS:
+                files[filter_table(s, m, d, e)] = "filter_scores"
+            if len(FILTER_METRICS) < len(METRICS):
+                files[f"results/stats/{m}/{d}/epoch_{e}.npz"] = "layer_stats"
+    return files
+
+
+def warn_missing_intermediates():
+    if not workflow.is_main_process or not os.path.exists("results/tables/table2_reusability.csv"):
+        return
+    missing = {path: rule for path, rule in kept_intermediates().items() if not os.path.exists(path)}
+    if missing:
+        rules = " ".join(dict.fromkeys(missing.values()))
+        logger.warning(
+            f"featdyn: the tables exist but {len(missing)} intermediate file(s) of a complete run are missing "
+            f"(e.g. {next(iter(missing))}). Snakemake reruns only what a target needs, so it may report "
+            f"'Nothing to be done'. Recompute them by naming them as targets (snakemake {next(iter(missing))} "
+            f"...), then run snakemake again; or rerun every job of their rules and what follows: "
+            f"snakemake --forcerun {rules} (README: 'When something goes wrong')."
+        )
+
+
+warn_missing_intermediates()

@@ -5,6 +5,7 @@
 rule extract:
     input:
         **data_files("{dataset}"),
+        # the file whose sha256 the store records; the similarity rules hash the same checkpoint_file
         checkpoint=checkpoint_file("{model}", "{dataset}", "{epoch}"),
     output:
         retained(directory("results/activations/{model}/{dataset}/epoch_{epoch}.zarr"), "activations"),

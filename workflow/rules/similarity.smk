@@ -1,13 +1,15 @@
 # Stage 4: float64 statistics of (source, epoch) per layer, then one score table per metric.
 # Each metric's parameter block is a `params` entry of its own score job, so changing or adding
 # one metric reruns only that metric and what reads it. Filter-granularity metrics compare the
-# stores' maps directly, one GPU job per (metric, model, dataset, epoch).
+# stores' maps directly, one GPU job per (metric, model, dataset, epoch). Every store is checked
+# against what the job expects (epoch, the sha256 of its checkpoint, model, dataset, layers, probe set).
 
 
 rule source_stats:
     input:
         store=lambda w: store_dir(w.model, w.dataset, 0),
         summary=lambda w: data_files(w.dataset)["summary"],
+        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
     output:
         "results/stats/{model}/{dataset}/source.npz",
     log:
@@ -19,6 +21,7 @@ rule source_stats:
         mem_mb=retry_mem(4000),
         gpu=1,
     params:
+        layers=lambda w: fdconfig.layers_of(config, w.model),
         code=script_code("source_stats.py"),
     script:
         "../scripts/source_stats.py"
@@ -30,6 +33,8 @@ rule layer_stats:
         store=lambda w: store_dir(w.model, w.dataset, w.epoch),
         source_stats="results/stats/{model}/{dataset}/source.npz",
         summary=lambda w: data_files(w.dataset)["summary"],
+        source_checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
+        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch),
     output:
         "results/stats/{model}/{dataset}/epoch_{epoch}.npz",
     log:
@@ -41,6 +46,7 @@ rule layer_stats:
         mem_mb=retry_mem(4000),
         gpu=1,
     params:
+        layers=lambda w: fdconfig.layers_of(config, w.model),
         code=script_code("layer_stats.py"),
     script:
         "../scripts/layer_stats.py"
@@ -51,6 +57,8 @@ rule filter_scores:
         source_store=lambda w: store_dir(w.model, w.dataset, 0),
         store=lambda w: store_dir(w.model, w.dataset, w.epoch),
         summary=lambda w: data_files(w.dataset)["summary"],
+        source_checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
+        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch),
     output:
         filter_table("{metric}", "{model}", "{dataset}", "{epoch}"),
     log:
@@ -65,6 +73,7 @@ rule filter_scores:
         gpu=1,
     params:
         metric=metric_block,
+        layers=lambda w: fdconfig.layers_of(config, w.model),
         code=script_code("filter_scores.py"),
     script:
         "../scripts/filter_scores.py"

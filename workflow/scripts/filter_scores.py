@@ -5,10 +5,12 @@ from featdyn.tables import write_csv
 from featdyn.training import pick_device
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="filter_scores")
-w = snakemake.wildcards
-df = filter_table_from_stores(snakemake.input.source_store, snakemake.input.store, snakemake.params.metric,
-                              model=w.model, dataset=w.dataset, metric=w.metric,
+w, i, p = snakemake.wildcards, snakemake.input, snakemake.params
+# Each store must come from its own checkpoint (epoch and sha256), with this run's layers and probe set.
+df = filter_table_from_stores(i.source_store, i.store, p.metric, model=w.model, dataset=w.dataset, metric=w.metric,
                               device=pick_device(snakemake.config["device"]),
-                              expect=expected_attrs(snakemake.input.summary, model=w.model, dataset=w.dataset))
+                              expect=expected_attrs(i.summary, model=w.model, dataset=w.dataset, layers=p.layers),
+                              source_attrs=expected_attrs(checkpoint=i.source_checkpoint),
+                              target_attrs=expected_attrs(checkpoint=i.checkpoint, epoch=int(w.epoch)))
 write_csv(df, snakemake.output[0])
 log.info("%s for %s x %s epoch %s: %d (layer, class, filter) rows", w.metric, w.model, w.dataset, w.epoch, len(df))

@@ -23,4 +23,6 @@ row = run_epoch(epoch, p.arch, cache, TrainConfig.from_dict(training), snakemake
                 weights_file=snakemake.input.get("weights"), previous=snakemake.input.get("previous"),
                 previous_state=snakemake.input.get("previous_state"), state_out=snakemake.output.state,
                 device=device, width=p.width, threads=snakemake.threads)
-write_text(snakemake.output.metrics, json.dumps({"model": w.model, "dataset": w.dataset, **row}, indent=2))
+# allow_nan=False: the JSON stays standard (a NaN loss has already stopped the job)
+write_text(snakemake.output.metrics,
+           json.dumps({"model": w.model, "dataset": w.dataset, **row}, indent=2, allow_nan=False))

@@ -5,10 +5,13 @@ from featdyn.stores import expected_attrs
 from featdyn.training import pick_device
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="layer_stats")
+w, i = snakemake.wildcards, snakemake.input
 device = pick_device(snakemake.config["device"])
-source = load_sides(snakemake.input.source_stats, device)
-expect = expected_attrs(snakemake.input.summary, model=snakemake.wildcards.model, dataset=snakemake.wildcards.dataset)
-pairs = pair_stats_from_stores(snakemake.input.source_store, snakemake.input.store, source, device=device,
-                               expect=expect)
+source = load_sides(i.source_stats, device)
+# Each store must come from its own checkpoint (epoch and sha256), with this run's layers and probe set.
+expect = expected_attrs(i.summary, model=w.model, dataset=w.dataset, layers=snakemake.params.layers)
+pairs = pair_stats_from_stores(i.source_store, i.store, source, device=device, expect=expect,
+                               source_attrs=expected_attrs(checkpoint=i.source_checkpoint),
+                               target_attrs=expected_attrs(checkpoint=i.checkpoint, epoch=int(w.epoch)))
 save_pairs(snakemake.output[0], pairs)
 log.info("epoch statistics of %d layers -> %s", len(pairs), snakemake.output[0])

@@ -5,7 +5,9 @@ from featdyn.stores import expected_attrs
 from featdyn.training import pick_device
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="source_stats")
-expect = expected_attrs(snakemake.input.summary, model=snakemake.wildcards.model, dataset=snakemake.wildcards.dataset)
-sides = source_stats_from_store(snakemake.input.store, device=pick_device(snakemake.config["device"]), expect=expect)
+w, i = snakemake.wildcards, snakemake.input
+# The store must be the one extracted from this run's epoch-0 checkpoint, with this run's layers and probe set.
+expect = expected_attrs(i.summary, i.checkpoint, model=w.model, dataset=w.dataset, layers=snakemake.params.layers)
+sides = source_stats_from_store(i.store, device=pick_device(snakemake.config["device"]), expect=expect)
 save_sides(snakemake.output[0], sides)
 log.info("source statistics of %d layers -> %s", len(sides), snakemake.output[0])
