@@ -28,12 +28,13 @@ def test_conda_env_pins_match_requirements():
         assert must in conda_pins
 
 
-def test_every_rule_has_a_log_and_a_conda_env():
+def test_every_rule_has_a_log_a_benchmark_and_a_conda_env():
     for smk in (REPO / "workflow" / "rules").glob("*.smk"):
         text = smk.read_text()
         for rule in re.split(r"\n(?=rule |localrule )", text)[1:]:
             name = rule.split()[1].rstrip(":")
             assert "\n    log:" in rule, f"{smk.name}: rule {name} has no log:"
+            assert "\n    benchmark:" in rule, f"{smk.name}: rule {name} has no benchmark:"
             assert "\n    conda:" in rule, f"{smk.name}: rule {name} has no conda:"
 
 

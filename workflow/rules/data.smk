@@ -10,6 +10,8 @@ rule materialise_demo:
         directory("results/data/{dataset}/images"),
     log:
         "results/logs/materialise_demo/{dataset}.log",
+    benchmark:
+        "results/benchmarks/materialise_demo/{dataset}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     resources:
@@ -29,6 +31,8 @@ rule download_dataset:
         directory("results/data/{dataset}/raw"),
     log:
         "results/logs/download_dataset/{dataset}.log",
+    benchmark:
+        "results/benchmarks/download_dataset/{dataset}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     params:
@@ -48,6 +52,8 @@ rule prepare_dataset:
         summary="results/data/{dataset}/dataset.json",
     log:
         "results/logs/prepare_dataset/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare_dataset/{dataset}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     # Decoding runs on every thread; memory stays small (the cache is filled through a memory map).

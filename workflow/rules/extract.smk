@@ -11,6 +11,8 @@ rule extract:
         retained(directory("results/activations/{model}/{dataset}/epoch_{epoch}.zarr"), "activations"),
     log:
         "results/logs/extract/{model}/{dataset}/epoch_{epoch}.log",
+    benchmark:
+        "results/benchmarks/extract/{model}/{dataset}/epoch_{epoch}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     threads: 4

@@ -13,6 +13,8 @@ rule similarity_curves:
         ),
     log:
         "results/logs/figures/similarity_{model}.log",
+    benchmark:
+        "results/benchmarks/figures/similarity_{model}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     params:

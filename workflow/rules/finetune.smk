@@ -11,6 +11,8 @@ rule fetch_weights:
         "results/weights/{model}.pt",
     log:
         "results/logs/fetch_weights/{model}.log",
+    benchmark:
+        "results/benchmarks/fetch_weights/{model}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     params:
@@ -37,6 +39,8 @@ rule finetune_epoch:
         metrics="results/checkpoints/{model}/{dataset}/epoch_{epoch}.json",
     log:
         "results/logs/finetune_epoch/{model}/{dataset}/epoch_{epoch}.log",
+    benchmark:
+        "results/benchmarks/finetune_epoch/{model}/{dataset}/epoch_{epoch}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     # On a GPU: one thread launches kernels, the others gather batches from the cache. On a CPU

@@ -14,6 +14,8 @@ rule source_stats:
         "results/stats/{model}/{dataset}/source.npz",
     log:
         "results/logs/source_stats/{model}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/source_stats/{model}/{dataset}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     threads: 2
@@ -39,6 +41,8 @@ rule layer_stats:
         "results/stats/{model}/{dataset}/epoch_{epoch}.npz",
     log:
         "results/logs/layer_stats/{model}/{dataset}/epoch_{epoch}.log",
+    benchmark:
+        "results/benchmarks/layer_stats/{model}/{dataset}/epoch_{epoch}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     threads: 2
@@ -63,6 +67,8 @@ rule filter_scores:
         filter_table("{metric}", "{model}", "{dataset}", "{epoch}"),
     log:
         "results/logs/filter_scores/{metric}/{model}/{dataset}/epoch_{epoch}.log",
+    benchmark:
+        "results/benchmarks/filter_scores/{metric}/{model}/{dataset}/epoch_{epoch}.tsv"
     wildcard_constraints:
         metric="|".join(FILTER_METRICS) or "(?!)",
     conda:
@@ -86,6 +92,8 @@ rule score:
         "results/scores/{metric}/{model}/{dataset}.csv",
     log:
         "results/logs/score/{metric}/{model}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/score/{metric}/{model}/{dataset}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     threads: 2

@@ -9,6 +9,8 @@ rule table1:
         md="results/tables/table1_accuracy.md",
     log:
         "results/logs/tables/table1.log",
+    benchmark:
+        "results/benchmarks/tables/table1.tsv"
     conda:
         "../../envs/featdyn.yaml"
     params:
@@ -27,6 +29,8 @@ rule table2:
         md="results/tables/table2_reusability.md",
     log:
         "results/logs/tables/table2.log",
+    benchmark:
+        "results/benchmarks/tables/table2.tsv"
     conda:
         "../../envs/featdyn.yaml"
     params:
@@ -46,6 +50,8 @@ rule metric_correlation:
         report("results/tables/metric_correlation.csv", caption="../report/correlation.rst", category="Tables"),
     log:
         "results/logs/tables/metric_correlation.log",
+    benchmark:
+        "results/benchmarks/tables/metric_correlation.tsv"
     conda:
         "../../envs/featdyn.yaml"
     params:
