@@ -44,8 +44,8 @@ rule finetune_epoch:
     conda:
         "../../envs/featdyn.yaml"
     # On a GPU: one thread launches kernels, the others gather batches from the cache. On a CPU
-    # every thread computes. Host memory: the checkpoint in and out (VGG19 with Adam: 1.7 GB each)
-    # plus torch and the CUDA context; a retry gets more.
+    # every thread computes. Host memory: weights and optimizer state in and out (VGG19: 0.55 GB
+    # and, with Adam, 1.1 GB) plus torch and the CUDA context; a retry gets twice as much.
     threads: 4
     resources:
         mem_mb=retry_mem(12000),
