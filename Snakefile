@@ -61,5 +61,6 @@ rule all:
         "results/tables/table2_reusability.csv",
         "results/tables/table2_reusability.md",
         "results/tables/metric_correlation.csv",
-        expand("results/figures/similarity_{model}.png", model=MODELS),
+        expand("results/figures/similarity_{model}.{ext}", model=MODELS, ext=("png", "pdf")),
+        VISUAL_FIGURES,
         kept_resume_states(),

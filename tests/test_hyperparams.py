@@ -38,6 +38,7 @@ assert c.metric_params(cfg, "p")["alpha"] == 0.0 and c.layers_of(cfg, "m")[0] ==
 epoch_params(c.training_config(cfg, "m", "d"), 1)
 c.dataset_roots("d", cfg["datasets"]["d"], "results/data/d")
 fingerprints.code_digest({str(REPO / 'workflow/scripts/score.py')!r}, {str(REPO / 'src/featdyn')!r})
+c.visualize_block(cfg), c.visual_epochs(cfg, "m", "d"), c.rank_metric(cfg)
 heavy = sorted(m for m in ("torch", "torchvision", "pandas", "numpy", "zarr", "PIL") if m in sys.modules)
 assert not heavy, heavy
 """

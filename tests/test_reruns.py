@@ -92,7 +92,7 @@ def test_a_new_lr_retrains_epochs_from_1_not_the_source_model(run):
     assert epochs_of(jobs, "extract") == [1, 2] and epochs_of(jobs, "layer_stats") == [1, 2]
     assert epochs_of(jobs, "filter_scores") == [1, 1, 2, 2]  # two filter metrics
     assert counts(jobs) == {"finetune_epoch": 2, "extract": 2, "layer_stats": 2, "filter_scores": 4, "score": 4,
-                            "table1": 1, **READERS}, counts(jobs)
+                            "table1": 1, "visualize": 1, **READERS}, counts(jobs)
 
 
 def test_one_more_epoch_trains_one_epoch_from_the_kept_resume_state(run):
@@ -103,7 +103,7 @@ def test_one_more_epoch_trains_one_epoch_from_the_kept_resume_state(run):
     jobs = dry_jobs(run, config)
     assert epochs_of(jobs, "finetune_epoch") == [3], "no earlier epoch is retrained"
     assert counts(jobs) == {"finetune_epoch": 1, "extract": 1, "layer_stats": 1, "filter_scores": 2, "score": 4,
-                            "table1": 1, **READERS}, counts(jobs)
+                            "table1": 1, "visualize": 1, **READERS}, counts(jobs)
     # Train it for real: it resumes from the kept state, which is then no longer needed.
     snakemake(run, "--configfile", str(config), "--cores", "2", str(ckpts.relative_to(run) / "epoch_3.pt"))
     assert sorted(p.name for p in ckpts.glob("*.resume.pt")) == ["epoch_3.resume.pt"]

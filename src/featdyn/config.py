@@ -173,6 +173,8 @@ def check(config: dict, base: str | Path = ".") -> None:
     for metric in config["metrics"]:
         attempt(metric_params, config, metric)
 
+    attempt(check_visualize, config)
+
     for model in config["models"]:
         for dataset in config["datasets"]:
             try:
@@ -193,3 +195,67 @@ def with_defaults(config: dict) -> dict:
     for key in ("split", "probe", "training", "extraction", "analysis"):
         cfg.setdefault(key, {})
     return cfg
+
+
+# ---- the qualitative figures (the ``visualize`` block) -------------------------------------------
+
+def visualize_block(config: dict) -> dict:
+    """The ``visualize`` block with its defaults (featdyn.unit_defaults.DEFAULTS)."""
+    from .unit_defaults import with_defaults
+
+    return with_defaults(config.get("visualize"))
+
+
+def visual_epochs(config: dict, model: str, dataset: str) -> list[int]:
+    """The columns of the patch and heatmap grids: epoch 0 (the source), then the analysed epochs
+    that ``visualize.epochs`` keeps (all of them by default)."""
+    analysed = analysed_epochs(config, model, dataset)
+    wanted = visualize_block(config)["epochs"]
+    if wanted == "all":
+        return analysed
+    return [0] + [e for e in analysed if e in set(wanted) and e != 0]
+
+
+def rank_metric(config: dict) -> str | None:
+    """The filter-granularity metric whose per-filter tables rank the filters (``visualize.rank_by``;
+    ``auto``: the first one configured), or None to rank from the stores."""
+    rank = visualize_block(config)["rank_by"]
+    filters = [m for m in config["metrics"] if metric_params(config, m)["granularity"] == "filter"]
+    if rank == "auto":
+        return filters[0] if filters else None
+    if rank == "stores":
+        return None
+    if rank not in filters:
+        raise FeatdynError(f"visualize.rank_by: {rank!r} is not a filter-granularity metric of this config "
+                           f"(those are {filters}); use auto, stores, or one of them")
+    return rank
+
+
+def check_visualize(config: dict) -> None:
+    """The ``visualize`` block fits the models, metrics and epochs (filters and classes are checked
+    against the stores and the prepared dataset by the job that chooses the units)."""
+    from .units import resolve_layers
+
+    block = visualize_block(config)
+    rank_metric(config)
+    wanted = block["epochs"]
+    for model in config["models"]:
+        layers = layers_of(config, model)
+        for part in ("patches", "heatmaps"):
+            try:
+                chosen = resolve_layers(block[part]["layers"], layers, f"visualize.{part}.layers")
+            except FeatdynError as exc:
+                raise FeatdynError(f"{exc} (model {model!r})") from None
+            filters = block[part]["filters"]
+            if isinstance(filters, dict):
+                missing = [layer for layer in chosen if layer not in filters]
+                if missing:
+                    raise FeatdynError(f"visualize.{part}.filters: no filters given for layers {missing} of model "
+                                       f"{model!r} (given for {sorted(filters)})")
+        if wanted != "all":
+            for dataset in config["datasets"]:
+                analysed = analysed_epochs(config, model, dataset)
+                extra = sorted(set(wanted) - set(analysed))
+                if extra:
+                    raise FeatdynError(f"visualize.epochs: epochs {extra} are not analysed for {model} x {dataset} "
+                                       f"(analysed: {analysed}; see analysis.epochs)")

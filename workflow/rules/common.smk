@@ -214,3 +214,36 @@ def warn_missing_intermediates():
 
 
 warn_missing_intermediates()
+
+# The qualitative figures (the visualize block): which epochs are columns, what ranks the filters.
+VISUALIZE = fdconfig.visualize_block(config)
+RANK_METRIC = fdconfig.rank_metric(config)
+
+
+def visual_epochs(model, dataset):
+    return fdconfig.visual_epochs(config, model, dataset)
+
+
+def units_table(model, dataset):
+    return f"results/figures/units_{model}_{dataset}.csv"
+
+
+def visualize_inputs(wildcards):
+    """The prepared dataset, the stores of the grid's epochs and what ranks the filters: the rank
+    metric's per-filter tables of epoch 0 and the last epoch, or else the last epoch's store."""
+    m, d = wildcards.model, wildcards.dataset
+    last = analysed_epochs(m, d)[-1]
+    inputs = data_files(d) | {"stores": [store_dir(m, d, e) for e in visual_epochs(m, d)]}
+    if RANK_METRIC:
+        inputs["tables"] = [filter_table(RANK_METRIC, m, d, 0), filter_table(RANK_METRIC, m, d, last)]
+    else:
+        inputs["last"] = store_dir(m, d, last)
+    return inputs
+
+
+VISUAL_FIGURES = [
+    f"results/figures/{kind}_{m}_{d}.{ext}"
+    for kind in ("patches", "heatmaps")
+    for m, d in RUNS
+    for ext in ("png", "pdf")
+]

@@ -5,4 +5,5 @@ from featdyn.progress import job_setup
 
 log = job_setup(snakemake.log[0], name="similarity_curves")
 scores = pd.concat([pd.read_csv(p) for p in snakemake.input], ignore_index=True)
-similarity_curves(scores, snakemake.wildcards.model, snakemake.output[0])
+similarity_curves(scores, snakemake.wildcards.model, snakemake.output.png, snakemake.output.pdf,
+                  datasets=snakemake.params.datasets)
