@@ -36,11 +36,13 @@ demo: setup
 	$(RUN)$(VENV)/bin/snakemake --report results/report.html
 	@echo
 	@echo "Results:"
-	@echo "  tables : results/tables/   (table1_accuracy.md, table2_reusability.md, metric_correlation.csv)"
+	@echo "  summary: results/summary.md (the paper's observations checked on this run)"
+	@echo "  tables : results/tables/   (table1_accuracy.md, table2_reusability.md, table2_layers.md, metric_correlation.md; .csv, .tex)"
 	@echo "  figures: results/figures/  ($$(ls results/figures | tr '\n' ' '))"
 	@echo "  report : results/report.html"
 	@echo
 	@cat results/tables/table1_accuracy.md results/tables/table2_reusability.md
+	@sed -n '1,/^## /p' results/summary.md | head -n -1
 
 plan: setup
 	$(PY) tools/plan.py --configfile $(CONFIG) $(PLAN_ARGS)

@@ -21,7 +21,7 @@ from conftest import REPO, VENV_BIN, snakemake
 pytestmark = pytest.mark.workflow
 
 # What reads the scores: every change that reruns a score reruns these once each.
-READERS = {"table2": 1, "metric_correlation": 1, "similarity_curves": 1, "all": 1}
+READERS = {"table2": 1, "metric_correlation": 1, "similarity_curves": 1, "findings": 1, "all": 1}
 
 
 def dry_jobs(workdir: Path, config: Path, snakefile: Path | None = None, env: dict | None = None) -> list[tuple]:

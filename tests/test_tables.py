@@ -67,3 +67,87 @@ def test_correlation_across_layers_and_epochs():
     assert allrow[("a", "b")] == pytest.approx(1.0)
     assert allrow[("a", "c")] == pytest.approx(-1.0)
     assert corr["n"].max() == 9  # epoch 0 excluded: 3 epochs x 3 layers
+
+
+# -- layouts, intervals, best entries, renderers -------------------------------------------------
+
+from featdyn.bootstrap import Replicates  # noqa: E402
+from featdyn.tables import (table1_best, table2_best, table2_caption, table2_layers, table2_layers_layout,  # noqa: E402
+                            to_html, to_latex)
+
+
+def grid_scores(means: dict[tuple[str, str], float], method: str = "centred") -> tuple[pd.DataFrame, dict]:
+    """Two layers x epochs 0..2 per (model, dataset): layer values mean -+ 0.1, epoch e adds 0.01 e;
+    replicates shift every value by b / 100 for b = 0..99 (so the Table 2 replicate is mean + b/100)."""
+    rows, reps = [], {}
+    for (model, dataset), mu in means.items():
+        grid = np.array([[0.0] + [mu - 0.1 + 0.01 * e for e in (1, 2)], [0.0] + [mu + 0.1 + 0.01 * e for e in (1, 2)]])
+        for li, e in np.ndindex(*grid.shape):
+            rows.append(dict(model=model, dataset=dataset, metric="p", kind="procrustes", granularity="layer",
+                             layer=f"l{li}", layer_index=li, epoch=e, value=grid[li, e]))
+        reps[("p", model, dataset)] = Replicates(grid[None] + np.arange(100)[:, None, None] / 100, ["l0", "l1"],
+                                                 [0, 1, 2], 0.9, method)
+    return pd.DataFrame(rows), reps
+
+
+def test_table2_layout_intervals_and_best_entry_per_dataset():
+    means = {("vgg", "awa2"): 0.345, ("res", "awa2"): 0.410, ("vgg", "fruits"): 0.921, ("res", "fruits"): 0.749}
+    scores, reps = grid_scores(means, "percentile")
+    t2 = table2(scores, reps)
+    assert list(t2.columns[:8]) == ["model", "dataset", "metric", "mean", "std", "ci_low", "ci_high", "bias"]
+    row = t2[(t2["model"] == "res") & (t2["dataset"] == "fruits")].iloc[0]
+    assert row["mean"] == pytest.approx(0.749 + 0.015) and row["std"] == pytest.approx(np.std([0.01, 0.02], ddof=1))
+    # replicates are mean + b/100, b = 0..99: the 90% percentile interval is [mean + 0.0495, mean + 0.9405]
+    assert row["ci_low"] == pytest.approx(row["mean"] + 0.0495)
+    assert row["ci_high"] == pytest.approx(row["mean"] + 0.9405)
+    assert row["epoch_list"] == "1, 2" and row["granularity"] == "layer" and row["bias"] == pytest.approx(0.495)
+    # centred (the default): the same percentiles shifted by the bias, around the estimate
+    centred = table2(*grid_scores(means))
+    crow = centred[(centred["model"] == "res") & (centred["dataset"] == "fruits")].iloc[0]
+    assert crow["ci_low"] == pytest.approx(row["mean"] - 0.4455)
+    assert crow["ci_high"] == pytest.approx(row["mean"] + 0.4455)
+    layout = table2_layout(t2, "p", ["vgg", "res"], ["awa2", "fruits"])
+    assert layout.loc["res", "fruits"] == "0.764 ± 0.007 [0.814, 1.704]"
+    best = table2_best(t2, "p", ["vgg", "res"], ["awa2", "fruits"])
+    assert best.to_dict() == {"awa2": {"vgg": True, "res": False}, "fruits": {"vgg": False, "res": True}}
+    md = to_markdown(layout, "Table 2", best, "caption")
+    assert "| res | 0.425 ± 0.007 [0.474, 1.365] | **0.764 ± 0.007 [0.814, 1.704]** |" in md
+    assert md.rstrip().endswith("caption")
+    caption = table2_caption(t2, "p", "90% percentile bootstrap interval")
+    assert "sample std (ddof = 1)" in caption and "epochs 1, 2" in caption and "layer reading" in caption
+    tex = to_latex(layout, caption, "tab:t2", best)
+    for part in (r"\begin{table}", r"\toprule", r"\midrule", r"\bottomrule", r"\label{tab:t2}",
+                 r"\textbf{0.764 $\pm$ 0.007 [0.814, 1.704]}", r"res & 0.425 $\pm$ 0.007"):
+        assert part in tex, part
+    html = to_html(layout, "Table 2", best, caption)
+    assert "<td><b>0.764 ± 0.007 [0.814, 1.704]</b></td>" in html and "<td>0.425" in html
+
+
+def test_table2_without_replicates_has_nan_intervals_and_one_model_marks_nothing():
+    scores, _ = grid_scores({("m", "d"): 0.5})
+    t2 = table2(scores)
+    assert t2[["ci_low", "ci_high"]].isna().all().all()
+    assert table2_layout(t2, "p").loc["m", "d"] == "0.515 ± 0.007"
+    assert not table2_best(t2, "p").to_numpy().any()
+
+
+def test_per_layer_breakdown():
+    scores, reps = grid_scores({("m", "d1"): 0.5, ("m", "d2"): 0.2})
+    layers = table2_layers(scores, reps)
+    row = layers[(layers["dataset"] == "d1") & (layers["layer"] == "l1")].iloc[0]
+    assert row["mean"] == pytest.approx(0.615) and row["std"] == pytest.approx(np.std([0.01, 0.02], ddof=1))
+    assert row["ci_low"] == pytest.approx(0.615 - 0.4455) and row["bias"] == pytest.approx(0.495)
+    assert row["epochs"] == 2
+    layout = table2_layers_layout(layers, "m", "p", ["d2", "d1"])
+    assert list(layout.index) == ["l0", "l1"] and list(layout.columns) == ["d2", "d1"]
+    assert layout.loc["l0", "d1"].startswith("0.415 ± 0.007 [")
+
+
+def test_table1_best_is_the_highest_test_accuracy_and_latex_escapes_names():
+    rows = pd.DataFrame([{"model": m, "dataset": "fruits_360", "epoch": 3, "train_loss": 0.1, "test_loss": 0.1,
+                          "train_acc": 99.0, "test_acc": acc} for m, acc in (("vgg_19", 90.0), ("res", 95.5))])
+    best = table1_best(rows)
+    assert best.loc["res", "fruits_360"] and not best.loc["vgg_19", "fruits_360"]
+    tex = to_latex(table1(rows), "acc 100%", "tab:t1", best)
+    assert r"vgg\_19 & 99.00 / 90.00" in tex and r"\textbf{99.00 / 95.50}" in tex and r"acc 100\%" in tex
+    assert r"fruits\_360" in tex

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -257,4 +257,199 @@ def load_pairs(path: str | os.PathLike, source: Mapping[str, SideStats],
         if f"{i}/xy" not in z:
             raise FeatdynError(f"statistics file {path} lacks the array '{i}/xy'")
         out[layer] = PairStats(source[layer], ys, as_tensor(z[f"{i}/xy"], device))
+    return out
+
+
+# -- image groups: the statistics a bootstrap over probe images needs -----------------------------
+#
+# Every statistic above is a sum over observations, and an image's observations are its H x W
+# positions. Kept per group of images (at a common shift), the statistics of any multiset of groups
+# are a weighted sum of the groups' statistics: a bootstrap replicate that draws G groups with
+# replacement is exact (the metric of the resampled activations, to rounding) and costs a weighted
+# sum and one metric evaluation, with no pass over the activations. With one image per group it is
+# the classical bootstrap over images.
+
+GROUP_SEP = "|"  # group keys in the .npz files: "<group>|<layer>" (no layer spec contains '|')
+
+
+def image_groups(n: int, groups: int) -> np.ndarray:
+    """Group of each of ``n`` probe images: image i joins group i mod G, with G = min(groups, n).
+
+    The stores keep the probe images class by class, so consecutive images fall into different
+    groups and every group holds about as many images of each class as the others."""
+    if n < 1 or groups < 1:
+        raise FeatdynError(f"image groups need n >= 1 images and >= 1 group, got n={n}, groups={groups}")
+    return np.arange(n) % min(groups, n)
+
+
+class GroupAccumulator:
+    """Statistics per image group: one :class:`Accumulator` per group.
+
+    All groups share one X shift (``x_shift``, else the first block's column means), so the source
+    side of every group matches the shift of the others; each group's Y shift is its own first
+    block's (:class:`GroupStats` brings them to a common one). ``update`` takes a block of whole
+    images (B, C, H, W) and the index of its first image in the store.
+    """
+
+    def __init__(self, groups: np.ndarray, device: torch.device | str = "cpu",
+                 x_shift: torch.Tensor | None = None, x_gram: bool = True) -> None:
+        self.groups = np.asarray(groups)
+        self.count = int(self.groups.max()) + 1 if self.groups.size else 0
+        self.device, self.x_gram = torch.device(device), x_gram
+        self.x_shift = None if x_shift is None else as_tensor(x_shift, self.device)
+        self.accs: list[Accumulator] = []
+
+    def update(self, start: int, x, y=None) -> None:
+        ids = self.groups[start:start + len(x)]
+        if len(ids) != len(x):
+            raise FeatdynError(f"images [{start}, {start + len(x)}) lie beyond the {len(self.groups)} grouped images")
+        if self.x_shift is None:
+            self.x_shift = rows_of(x).to(torch.float64).mean(0).to(self.device)
+        if not self.accs:
+            self.accs = [Accumulator(self.device, x_shift=self.x_shift, x_gram=self.x_gram)
+                         for _ in range(self.count)]
+        for g in np.unique(ids):
+            rows = ids == g
+            self.accs[g].update(x[rows], None if y is None else y[rows])
+
+    def _check(self) -> None:
+        empty = [g for g, acc in enumerate(self.accs) if acc.n == 0]
+        if not self.accs or empty:
+            raise FeatdynError(f"image groups {empty or list(range(self.count))} received no images")
+
+    def sides(self) -> list[SideStats]:
+        self._check()
+        return [acc.side() for acc in self.accs]
+
+    def pairs(self) -> list[PairStats]:
+        self._check()
+        return [acc.pair() for acc in self.accs]
+
+
+def _reshift(n: torch.Tensor, sums: torch.Tensor, shifts: torch.Tensor, common: torch.Tensor):
+    """Per-group (sum, d) for moving group statistics from ``shifts`` (G, C) to ``common`` (C,):
+    x - common = (x - shift_g) + d_g with d_g = shift_g - common."""
+    d = shifts - common[None, :]
+    return sums + n[:, None] * d, d
+
+
+@dataclass
+class GroupStats:
+    """One layer's per-group statistics, stacked and moved to common shifts (the pooled means).
+
+    ``weighted(w)`` gives the :class:`PairStats` of the probe set in which group g appears w[g]
+    times: the statistics of resampled images, exactly (Sum_g w_g S_g, every S a sum over rows).
+    """
+
+    n: torch.Tensor      # (G,) rows per group
+    x_shift: torch.Tensor
+    y_shift: torch.Tensor
+    sx: torch.Tensor     # (G, Cx)
+    sy: torch.Tensor     # (G, Cy)
+    xx: torch.Tensor     # (G, Cx, Cx)
+    yy: torch.Tensor     # (G, Cy, Cy)
+    xy: torch.Tensor     # (G, Cx, Cy)
+
+    @classmethod
+    def stack(cls, pairs: Sequence[PairStats]) -> GroupStats:
+        if not pairs:
+            raise FeatdynError("no group statistics to stack")
+        dev = pairs[0].xy.device
+        n = torch.tensor([float(p.n) for p in pairs], dtype=torch.float64, device=dev)
+        xs = torch.stack([p.x.shift for p in pairs])
+        ys = torch.stack([p.y.shift for p in pairs])
+        sx0, sy0 = torch.stack([p.x.sum for p in pairs]), torch.stack([p.y.sum for p in pairs])
+        # common shifts: the pooled column means (every group's sum then counts deviations from it)
+        cx = (sx0 + n[:, None] * xs).sum(0) / n.sum()
+        cy = (sy0 + n[:, None] * ys).sum(0) / n.sum()
+        sx, dx = _reshift(n, sx0, xs, cx)
+        sy, dy = _reshift(n, sy0, ys, cy)
+        def moved(s_ab, s_a, d, s_b, e, g):
+            # (a + d)(b + e)^T summed over the group's rows = S_ab + s_a e^T + d s_b^T + n d e^T
+            return s_ab + torch.outer(s_a, e) + torch.outer(d, s_b) + n[g] * torch.outer(d, e)
+
+        xx = torch.stack([moved(p.x.gram, sx0[g], dx[g], sx0[g], dx[g], g) for g, p in enumerate(pairs)])
+        yy = torch.stack([moved(p.y.gram, sy0[g], dy[g], sy0[g], dy[g], g) for g, p in enumerate(pairs)])
+        xy = torch.stack([moved(p.xy, sx0[g], dx[g], sy0[g], dy[g], g) for g, p in enumerate(pairs)])
+        return cls(n, cx, cy, sx, sy, xx, yy, xy)
+
+    @property
+    def groups(self) -> int:
+        return int(self.n.shape[0])
+
+    def weighted(self, w) -> PairStats:
+        """Statistics of the multiset with group g counted ``w[g]`` times (non-negative integers)."""
+        w = as_tensor(w, self.n.device)
+        n = float(w @ self.n)
+        if n < 1:
+            raise FeatdynError("a resample must hold at least one image")
+
+        def mix(t: torch.Tensor) -> torch.Tensor:
+            return torch.tensordot(w, t, dims=1)
+
+        x = SideStats(int(round(n)), self.x_shift, mix(self.sx), mix(self.xx))
+        y = SideStats(int(round(n)), self.y_shift, mix(self.sy), mix(self.yy))
+        return PairStats(x, y, mix(self.xy))
+
+    def weighted_many(self, weights) -> Iterator[PairStats]:
+        """:meth:`weighted` for every row of ``weights`` (B, G), the weighted sums computed a chunk
+        of rows at a time (one batched matmul per statistic instead of B small ones; a chunk holds
+        at most BLOCK_ELEMENTS elements per statistic)."""
+        w = as_tensor(weights, self.n.device)
+        c2 = max(self.xx[0].numel(), self.yy[0].numel(), self.xy[0].numel())
+        step = max(1, BLOCK_ELEMENTS.get(self.n.device.type, BLOCK_ELEMENTS["cpu"]) // c2)
+        for start in range(0, len(w), step):
+            wb = w[start:start + step]
+            n = wb @ self.n
+            if bool((n < 1).any()):
+                raise FeatdynError("a resample must hold at least one image")
+            sx, sy = wb @ self.sx, wb @ self.sy
+            xx, yy, xy = (torch.tensordot(wb, t, dims=1) for t in (self.xx, self.yy, self.xy))
+            for b in range(len(wb)):
+                rows = int(round(float(n[b])))
+                yield PairStats(SideStats(rows, self.x_shift, sx[b], xx[b]),
+                                SideStats(rows, self.y_shift, sy[b], yy[b]), xy[b])
+
+
+def _group_key(layer: str, g: int) -> str:
+    return f"{g}{GROUP_SEP}{layer}"
+
+
+def _ungroup(keyed: Mapping[str, object]) -> dict[str, list]:
+    out: dict[str, dict[int, object]] = {}
+    for key, value in keyed.items():
+        g, _, layer = key.partition(GROUP_SEP)
+        out.setdefault(layer, {})[int(g)] = value
+    return {layer: [by_g[g] for g in sorted(by_g)] for layer, by_g in out.items()}
+
+
+def save_group_sides(path: str | os.PathLike, sides: Mapping[str, Sequence[SideStats]]) -> None:
+    """Save per-layer lists of per-group :class:`SideStats` (:func:`save_sides`, keys 'g|layer')."""
+    save_sides(path, {_group_key(layer, g): s for layer, groups in sides.items() for g, s in enumerate(groups)})
+
+
+def load_group_sides(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, list[SideStats]]:
+    return _ungroup(load_sides(path, device))
+
+
+def save_group_pairs(path: str | os.PathLike, pairs: Mapping[str, Sequence[PairStats]]) -> None:
+    """Save per-layer lists of per-group :class:`PairStats` (target side and cross term, as
+    :func:`save_pairs`; the source side lives in the source's group file)."""
+    save_pairs(path, {_group_key(layer, g): p for layer, groups in pairs.items() for g, p in enumerate(groups)})
+
+
+def load_group_pairs(path: str | os.PathLike, source: Mapping[str, Sequence[SideStats]],
+                     device: torch.device | str = "cpu") -> dict[str, list[PairStats]]:
+    """Load an epoch's per-group statistics and join each group with the source's same group."""
+    stored = _ungroup({str(k): None for k in _read_npz(path, ["__layers__"])["__layers__"]})
+    for layer, groups in stored.items():
+        if len(groups) != len(source.get(layer, ())):
+            raise FeatdynError(f"{path}: layer {layer!r} has {len(groups)} image groups, "
+                               f"the source statistics {len(source.get(layer, ()))}")
+    keyed = {_group_key(layer, g): s for layer, groups in source.items() for g, s in enumerate(groups)}
+    out = _ungroup(load_pairs(path, keyed, device))
+    for layer, groups in out.items():
+        for g, p in enumerate(groups):
+            if p.y.n != p.x.n:
+                raise FeatdynError(f"{path}: layer {layer!r} group {g} has n={p.y.n} rows, the source n={p.x.n}")
     return out

@@ -2,6 +2,7 @@
 # every parse, including the re-parse that each cluster job does before its own work, so none of it
 # imports torch; the config check, which does, runs in the main process only.
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from snakemake.logging import logger
@@ -9,6 +10,7 @@ from snakemake.logging import logger
 from featdyn import FeatdynError
 from featdyn import config as fdconfig
 from featdyn import fingerprints
+from featdyn.bootstrap import BootstrapSpec
 from featdyn.hyperparams import epoch_params
 
 if workflow.is_main_process:
@@ -161,16 +163,46 @@ def filter_table(metric, model, dataset, epoch):
 
 
 def score_inputs(wildcards):
-    epochs = analysed_epochs(wildcards.model, wildcards.dataset)
+    m, d = wildcards.model, wildcards.dataset
+    epochs = analysed_epochs(m, d)
     if wildcards.metric in FILTER_METRICS:
-        return {"epochs": [filter_table(wildcards.metric, wildcards.model, wildcards.dataset, e) for e in epochs]}
+        return {
+            "epochs": [filter_table(wildcards.metric, m, d, e) for e in epochs],
+            "groups": [filter_groups(wildcards.metric, m, d, e) for e in epochs],
+        }
     return {
-        "source": f"results/stats/{wildcards.model}/{wildcards.dataset}/source.npz",
-        "epochs": [f"results/stats/{wildcards.model}/{wildcards.dataset}/epoch_{e}.npz" for e in epochs],
+        "source": f"results/stats/{m}/{d}/source.npz",
+        "epochs": [f"results/stats/{m}/{d}/epoch_{e}.npz" for e in epochs],
+        "source_groups": stats_groups(m, d, "source"),
+        "groups": [stats_groups(m, d, f"epoch_{e}") for e in epochs],
     }
 
 
 ALL_SCORES = [f"results/scores/{s}/{m}/{d}.csv" for s in METRICS for m, d in RUNS]
+
+# Bootstrap over the probe images (featdyn.bootstrap): the statistics jobs keep per-image-group
+# statistics (their only parameter is the number of groups, 0 when intervals are off), and the
+# score jobs resample them, so the resamples, level and seed rerun only score jobs.
+try:
+    BOOTSTRAP = BootstrapSpec.from_config(config.get("bootstrap"))
+except (FeatdynError, TypeError) as exc:
+    raise WorkflowError(f"bootstrap: {exc}") from None
+
+
+def stats_groups(model, dataset, name):
+    return f"results/stats/{model}/{dataset}/groups/{name}.npz"
+
+
+def filter_groups(metric, model, dataset, epoch):
+    return f"results/filters/{metric}/{model}/{dataset}/groups/epoch_{epoch}.npz"
+
+
+def replicates_file(metric, model, dataset):
+    return f"results/bootstrap/{metric}/{model}/{dataset}.npz"
+
+
+REPLICATE_KEYS = [[s, m, d] for s in METRICS for m, d in RUNS]
+ALL_REPLICATES = [replicates_file(s, m, d) for s, m, d in REPLICATE_KEYS]
 
 # Reading (b) of the correlation (across filters) needs the per-filter tables of two filter metrics.
 FILTER_TABLES = (
@@ -193,8 +225,10 @@ def kept_intermediates():
                 files[store_dir(m, d, e)] = "extract"
             for s in FILTER_METRICS:
                 files[filter_table(s, m, d, e)] = "filter_scores"
+                files[filter_groups(s, m, d, e)] = "filter_scores"
             if len(FILTER_METRICS) < len(METRICS):
                 files[f"results/stats/{m}/{d}/epoch_{e}.npz"] = "layer_stats"
+                files[stats_groups(m, d, f"epoch_{e}")] = "layer_stats"
     return files
 
 

@@ -3,6 +3,8 @@
 # one metric reruns only that metric and what reads it. Filter-granularity metrics compare the
 # stores' maps directly, one GPU job per (metric, model, dataset, epoch). Every store is checked
 # against what the job expects (epoch, the sha256 of its checkpoint, model, dataset, layers, probe set).
+# Every statistics job also keeps its statistics per image group (`groups` output) for the bootstrap
+# intervals of the scores.
 
 
 rule source_stats:
@@ -12,6 +14,7 @@ rule source_stats:
         checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
     output:
         "results/stats/{model}/{dataset}/source.npz",
+        groups=stats_groups("{model}", "{dataset}", "source"),
     log:
         "results/logs/source_stats/{model}/{dataset}.log",
     benchmark:
@@ -24,6 +27,7 @@ rule source_stats:
         gpu=1,
     params:
         layers=lambda w: fdconfig.layers_of(config, w.model),
+        groups=BOOTSTRAP.stored_groups,
         code=script_code("source_stats.py"),
     script:
         "../scripts/source_stats.py"
@@ -34,11 +38,13 @@ rule layer_stats:
         source_store=lambda w: store_dir(w.model, w.dataset, 0),
         store=lambda w: store_dir(w.model, w.dataset, w.epoch),
         source_stats="results/stats/{model}/{dataset}/source.npz",
+        source_groups=stats_groups("{model}", "{dataset}", "source"),
         summary=lambda w: data_files(w.dataset)["summary"],
         source_checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
         checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch),
     output:
         "results/stats/{model}/{dataset}/epoch_{epoch}.npz",
+        groups=stats_groups("{model}", "{dataset}", "epoch_{epoch}"),
     log:
         "results/logs/layer_stats/{model}/{dataset}/epoch_{epoch}.log",
     benchmark:
@@ -51,6 +57,7 @@ rule layer_stats:
         gpu=1,
     params:
         layers=lambda w: fdconfig.layers_of(config, w.model),
+        groups=BOOTSTRAP.stored_groups,
         code=script_code("layer_stats.py"),
     script:
         "../scripts/layer_stats.py"
@@ -65,6 +72,7 @@ rule filter_scores:
         checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch),
     output:
         filter_table("{metric}", "{model}", "{dataset}", "{epoch}"),
+        groups=filter_groups("{metric}", "{model}", "{dataset}", "{epoch}"),
     log:
         "results/logs/filter_scores/{metric}/{model}/{dataset}/epoch_{epoch}.log",
     benchmark:
@@ -80,6 +88,7 @@ rule filter_scores:
     params:
         metric=metric_block,
         layers=lambda w: fdconfig.layers_of(config, w.model),
+        groups=BOOTSTRAP.stored_groups,
         code=script_code("filter_scores.py"),
     script:
         "../scripts/filter_scores.py"
@@ -90,18 +99,24 @@ rule score:
         unpack(score_inputs),
     output:
         "results/scores/{metric}/{model}/{dataset}.csv",
+        replicates=replicates_file("{metric}", "{model}", "{dataset}"),
     log:
         "results/logs/score/{metric}/{model}/{dataset}.log",
     benchmark:
         "results/benchmarks/score/{metric}/{model}/{dataset}.tsv"
     conda:
         "../../envs/featdyn.yaml"
-    threads: 2
+    # The bootstrap evaluates the metric once per resample, layer and epoch: on the GPU when there
+    # is one, else on one CPU thread (small C x C decompositions; two score jobs share two cores),
+    # with the per-group statistics of a whole epoch in memory.
+    threads: 1
     resources:
-        mem_mb=retry_mem(4000),
+        mem_mb=retry_mem(8000),
+        gpu=1,
     params:
         metric=metric_block,
         epochs=lambda w: analysed_epochs(w.model, w.dataset),
+        bootstrap=asdict(BOOTSTRAP),
         code=script_code("score.py"),
     script:
         "../scripts/score.py"

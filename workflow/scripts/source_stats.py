@@ -1,6 +1,6 @@
 from featdyn.progress import job_setup
-from featdyn.similarity import source_stats_from_store
-from featdyn.stats import save_sides
+from featdyn.similarity import source_group_stats_from_store
+from featdyn.stats import save_group_sides, save_sides
 from featdyn.stores import expected_attrs
 from featdyn.training import pick_device
 
@@ -8,6 +8,10 @@ log = job_setup(snakemake.log[0], snakemake.threads, name="source_stats")
 w, i = snakemake.wildcards, snakemake.input
 # The store must be the one extracted from this run's epoch-0 checkpoint, with this run's layers and probe set.
 expect = expected_attrs(i.summary, i.checkpoint, model=w.model, dataset=w.dataset, layers=snakemake.params.layers)
-sides = source_stats_from_store(i.store, device=pick_device(snakemake.config["device"]), expect=expect)
+sides, groups = source_group_stats_from_store(i.store, device=pick_device(snakemake.config["device"]), expect=expect,
+                                              groups=snakemake.params.groups)
 save_sides(snakemake.output[0], sides)
-log.info("source statistics of %d layers -> %s", len(sides), snakemake.output[0])
+# the same statistics per image group, for the bootstrap of the score jobs
+save_group_sides(snakemake.output.groups, groups)
+log.info("source statistics of %d layers -> %s (%d image groups)", len(sides), snakemake.output[0],
+         snakemake.params.groups)
