@@ -52,32 +52,36 @@ def test_slurm_profile_partitions_gpus_local_rules_and_retry_memory(tiny_run, tm
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, symlinks=True)
     env = fake_slurm(tmp_path)
-    # The figure job asks for too little memory the first time (the profile's default: 2000 MB x attempt).
-    env["FAKE_SLURM_OOM"] = "similarity_curves:3000"
-    # a second model, whose source weights are the local rule's job (apart from the first model's chain)
+    # The table job asks for too little memory the first time (the profile's default: 2000 MB x attempt).
+    env["FAKE_SLURM_OOM"] = "table1:3000"
+
+    def snakemake_slurm(config, *targets):
+        cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(run),
+               "--configfile", str(config), "--profile", str(REPO / "profiles/slurm"),
+               "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
+               "--latency-wait", "5", "--force", *targets]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=run)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    # a GPU rule and a CPU rule, neither upstream of the other
+    snakemake_slurm(run / "config.yaml", "results/stats/mnet/colours/epoch_1.npz",  # layer_stats
+                    "results/tables/table1_accuracy.csv")  # table1
+    # a local rule: the source weights of a second model (apart from the first model's chain)
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["models"]["mnet_b"] = config["models"]["mnet"]
     (run / "slurm.yaml").write_text(yaml.safe_dump(config))
-    targets = ["results/weights/mnet_b.pt",  # fetch_weights: a local rule
-               "results/stats/mnet/colours/epoch_1.npz",  # layer_stats: a GPU rule
-               "results/figures/similarity_mnet.png"]  # similarity_curves: a CPU rule
-    cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(run),
-           "--configfile", str(run / "slurm.yaml"), "--profile", str(REPO / "profiles/slurm"),
-           "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
-           "--latency-wait", "5", "--force", *targets]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=run)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    snakemake_slurm(run / "slurm.yaml", "results/weights/mnet_b.pt")
 
     subs = submissions(tmp_path / "slurm")
     rules = [s["rule"] for s in subs]
-    assert sorted(rules) == ["layer_stats", "similarity_curves", "similarity_curves"], subs
+    assert sorted(rules) == ["layer_stats", "table1", "table1"], subs
     assert (run / "results/weights/mnet_b.pt").is_file(), "the local rule ran, on the login node"
     gpu = next(s for s in subs if s["rule"] == "layer_stats")
     assert (gpu["partition"], gpu["gpus"]) == ("gpu", "1"), gpu
-    first, retry = [s for s in subs if s["rule"] == "similarity_curves"]
+    first, retry = [s for s in subs if s["rule"] == "table1"]
     assert (first["partition"], first["gpus"], retry["partition"], retry["gpus"]) == ("cpu", None, "cpu", None)
     assert retry["mem"] == 2 * first["mem"] == 4000, "the retry of a job killed for memory asks for twice as much"
-    assert (run / targets[2]).stat().st_size > 0
+    assert (run / "results/tables/table1_accuracy.csv").stat().st_size > 0
     # each job step ran through srun, a GPU for the GPU job's step
     steps = [json.loads(line)["args"] for line in (tmp_path / "slurm/calls.jsonl").read_text().splitlines()
              if json.loads(line)["cmd"] == "srun"]
