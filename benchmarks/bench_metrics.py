@@ -240,7 +240,7 @@ def filter_part(device: str, pairs: int, size: int, repeats: int) -> dict:
     m = a.mT @ b
 
     def eig_baseline():
-        lam = torch.linalg.eigvalsh(m.mT @ m)  # one batched call, as measured in DESIGN.md
+        lam = torch.linalg.eigvalsh(m.mT @ m)  # one batched call, as measured in docs/design.md
         return lam.clamp_min(0).sqrt().sum(-1)
 
     t_eig, v_eig = best_time(eig_baseline, repeats, device)

@@ -35,8 +35,8 @@ import torch
 from . import FeatdynError
 from .finite import check_finite
 from .linalg import chunked, nuclear_norm, polar_nuclear_norm, resolve_device
+from .metric_kinds import FILTER_KINDS
 
-FILTER_KINDS = ("procrustes", "cka")
 METHODS = ("auto", "eig", "svd", "polar")
 
 # A centred map whose norm is below this fraction of the raw map's norm is zero up to rounding
