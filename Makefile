@@ -1,6 +1,7 @@
 # Two commands for a newcomer; each does its own set-up and is safe to run again.
 #   make demo   set up, run the workflow on config/config.yaml with all local cores, print the results
-#   make test   set up, run the whole test suite
+#   make test   set up, run the whole test suite (Snakemake's linter and snakefmt included: tests/test_lint.py)
+#   make plan   jobs per rule and disk per stage of CONFIG (default: the demo), before anything runs
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -13,10 +14,15 @@ STAMP := $(VENV)/.featdyn-setup-$(shell cat requirements.txt pyproject.toml tool
 # On some VMs the default allocator made CPU training 20-50x slower; tcmalloc steadies it
 # (benchmarks/README.md). Preloaded when the library is present, skipped otherwise.
 RUN := tools/with_tcmalloc.sh 
-.PHONY: help setup demo test dry-run report clean
+# Jobs import this checkout's library, whichever featdyn the environment has installed (the
+# workflow refuses to start jobs that would import another checkout's).
+export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
+CONFIG ?= config/config.yaml
+.PHONY: help setup demo test plan dry-run report clean
 help:
 	@echo "make demo   set up (.venv, pinned deps) and run the demo workflow on all local cores"
 	@echo "make test   set up and run the whole test suite"
+	@echo "make plan [CONFIG=config/paper.yaml PLAN_ARGS='--images awa2=37322 ...']  jobs and disk before a run"
 	@echo "make dry-run / make report / make clean"
 
 setup: $(STAMP)
@@ -37,6 +43,9 @@ demo: setup
 	@echo
 	@cat results/tables/table1_accuracy.md results/tables/table2_reusability.md
 	@sed -n '1,/^## /p' results/summary.md | head -n -1
+
+plan: setup
+	$(PY) tools/plan.py --configfile $(CONFIG) $(PLAN_ARGS)
 
 dry-run: setup
 	$(VENV)/bin/snakemake -n

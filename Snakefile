@@ -1,5 +1,8 @@
 # featdyn: how a pretrained CNN's internal features change, epoch by epoch, while it is fine-tuned.
 # Entry point: config, validation, rule modules, the target rule. See README.md.
+# Settings for every run (rerun triggers, retries of incomplete jobs) are in profiles/default/,
+# which Snakemake loads by itself; the SLURM profile is profiles/slurm/.
+import importlib.util
 import os
 import sys
 
@@ -7,11 +10,13 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-# The library lives in src/; every job (local, conda or cluster) imports it from here.
+# The library lives in src/; this process imports it from there. A job's script imports featdyn
+# from its Python environment: the package `make setup` installed (pip install -e .), or, in an
+# environment without featdyn (a --use-conda env), this src/ (Snakemake appends this process's
+# sys.path to every script's). common.smk refuses an environment holding another checkout's featdyn.
 FEATDYN_SRC = os.path.join(workflow.basedir, "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (FEATDYN_SRC, os.environ.get("PYTHONPATH")) if p)
+JOB_FEATDYN = importlib.util.find_spec("featdyn")
 sys.path.insert(0, FEATDYN_SRC)
-
 
 # The demo config, unless config files are given with --configfile: those replace it rather than
 # being merged into it (the demo's models and datasets would otherwise join every other run).
@@ -62,3 +67,4 @@ rule all:
         "results/summary.md",
         expand("results/figures/similarity_{model}.{ext}", model=MODELS, ext=("png", "pdf")),
         VISUAL_FIGURES,
+        kept_resume_states(),

@@ -15,6 +15,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+# Every process the tests start (Snakemake and its jobs) imports this checkout's library, whatever
+# featdyn the environment has installed (the workflow refuses to run jobs on another checkout's).
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
 
 
 def make_tree(root: Path, classes: int = 3, per_class: int = 10, size: int = 24, seed: int = 0,

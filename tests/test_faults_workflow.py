@@ -61,21 +61,25 @@ def test_swapped_stores_stop_the_similarity_jobs(tiny_run, tmp_path):
 
 def test_a_nan_checkpoint_or_a_deleted_chunk_stops_the_jobs_that_read_them(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "run")
-    path = run / "results" / "checkpoints" / RUN / "epoch_1.pt"
+    # the last epoch's checkpoint: its optimizer state is kept, so one more epoch can read it
+    path = run / "results" / "checkpoints" / RUN / "epoch_2.pt"
     ckpt = torch.load(path, weights_only=True)
     ckpt["model"]["features.2.conv.0.0.weight"].view(-1)[3] = float("nan")
     torch.save(ckpt, path)
     chunk = run / "results" / "activations" / RUN / "epoch_0.zarr" / "features.1" / "c" / "1" / "0" / "0" / "0"
     chunk.unlink()  # before, read as zeros: Table 2 changed and the run exited 0
-    targets = [f"results/checkpoints/{RUN}/epoch_2.pt", f"results/activations/{RUN}/epoch_1.zarr",
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["training"]["epochs"] = 3
+    (run / "epochs3.yaml").write_text(yaml.safe_dump(config))
+    targets = [f"results/checkpoints/{RUN}/epoch_3.pt", f"results/activations/{RUN}/epoch_2.zarr",
                f"results/stats/{RUN}/source.npz"]
-    proc = snakemake(run, "--configfile", str(run / "config.yaml"), "--cores", "2", "-k", "-f", *targets, check=False)
+    proc = snakemake(run, "--configfile", str(run / "epochs3.yaml"), "--cores", "2", "-k", "-f", *targets, check=False)
     assert proc.returncode != 0
-    named = (f"checkpoint results/checkpoints/{RUN}/epoch_1.pt (epoch 1): weight 'features.2.conv.0.0.weight' "
+    named = (f"checkpoint results/checkpoints/{RUN}/epoch_2.pt (epoch 2): weight 'features.2.conv.0.0.weight' "
              f"is not finite")
-    assert named in log(run, "finetune_epoch", f"{RUN}/epoch_2.log")
-    assert named in log(run, "extract", f"{RUN}/epoch_1.log")
-    assert not (run / f"results/checkpoints/{RUN}/epoch_2.json").exists(), "no metrics row with NaN losses"
+    assert named in log(run, "finetune_epoch", f"{RUN}/epoch_3.log")
+    assert named in log(run, "extract", f"{RUN}/epoch_2.log")
+    assert not (run / f"results/checkpoints/{RUN}/epoch_3.json").exists(), "no metrics row with NaN losses"
     assert f"chunk file results/activations/{RUN}/epoch_0.zarr/features.1/c/1/0/0/0 of layer 'features.1' is " \
            f"missing" in log(run, "source_stats", f"{RUN}.log")
     for target in targets:

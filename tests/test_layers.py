@@ -10,7 +10,7 @@ from torch import nn
 from featdyn import FeatdynError
 from featdyn.layers import PRESETS, LayerCapture, layer_shapes, parse_layer, preset, resolve_modules
 
-# The layers as the issue (and DESIGN.md section 2) state them, with torchvision's module paths.
+# The layers as the issue (and docs/design.md, "Layers") state them, with torchvision's module paths.
 PAPER_LAYERS = {
     "vgg19": ["features.3", "features.8", "features.17", "features.26", "features.35"],
     "resnet50": ["relu", "layer1.2", "layer2.3", "layer3.5", "layer4.2"],
@@ -18,7 +18,7 @@ PAPER_LAYERS = {
     + [f"features.transition{t}.relu" for t in (1, 2, 3)],
 }
 
-# (C, H, W) at 224 px from the architectures' definitions (VGG: DESIGN.md's 64x224^2 ... 512x14^2).
+# (C, H, W) at 224 px from the architectures' definitions (VGG: docs/design.md, 64x224^2 ... 512x14^2).
 SHAPES_224 = {
     "vgg19": {"features.3": (64, 224, 224), "features.8": (128, 112, 112), "features.17": (256, 56, 56),
               "features.26": (512, 28, 28), "features.35": (512, 14, 14)},

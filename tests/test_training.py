@@ -14,7 +14,7 @@ from featdyn import FeatdynError
 from featdyn.datasets import ImageCache, SplitSpec, prepare
 from featdyn.models import fetch_weights
 from featdyn.training import (Normalizer, TrainConfig, epoch_order, fine_tune, iterate_batches, load_checkpoint,
-                              model_from_checkpoint, pick_device, run_epoch)
+                              model_from_checkpoint, pick_device, resume_path, run_epoch, save_checkpoint)
 
 CPU = torch.device("cpu")
 PAPER = [("vgg19", 1 / 16), ("resnet50", 1 / 16), ("densenet121", 1 / 8)]
@@ -63,7 +63,10 @@ def test_tiny_paper_model_trains_and_the_epoch_chain_equals_one_loop(tmp_path, c
         assert r["setup_s"] >= 0 and r["train_s"] > 0
     ckpt = load_checkpoint(last, arch, cache.num_classes, width)
     assert (ckpt["epoch"], ckpt["seed"], ckpt["classes"]) == (2, 0, cache.classes)
-    assert ckpt["optimizer"]["state"], "the Adam moments travel with the checkpoint"
+    assert "optimizer" not in ckpt and "lr" in ckpt["config"] and "epochs" not in ckpt["config"]
+    state = torch.load(resume_path(last), weights_only=True)
+    assert state["optimizer"]["state"] and state["epoch"] == 2, "the Adam moments travel in the resume state"
+    assert "lr" not in load_checkpoint(tmp_path / f"{arch}_epoch_0.pt")["config"], "epoch 0 does not depend on lr"
     source = load_checkpoint(tmp_path / f"{arch}_epoch_0.pt")["model"]
     assert any(not torch.equal(source[k], v) for k, v in ckpt["model"].items()), "training moved the weights"
 
@@ -108,6 +111,19 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, cache):
     with pytest.raises(FeatdynError, match="needs the checkpoint of epoch 0"):
         resume(previous=None)
     assert not out.exists(), "a refused resume writes nothing"
+    # epoch 1 starts a fresh optimizer: it needs epoch 0's weights only (a new lr keeps epoch 0)
+    resume_path(epoch0).unlink()
+    run_epoch(1, arch, cache, cfg, out, previous=epoch0, device=CPU, width=width)
+    # from epoch 2 on, the optimizer state: another epoch's is refused, a deleted one is named
+    out2 = tmp_path / "epoch_2.pt"
+    save_checkpoint(tmp_path / "other.pt", model_from_checkpoint(load_checkpoint(out)), None,
+                    {"epoch": 0, "seed": 0}, state_path=resume_path(out))
+    with pytest.raises(FeatdynError, match=r"belongs to epoch 0 \(seed 0\), not to the checkpoint of epoch 1"):
+        run_epoch(2, arch, cache, cfg, out2, previous=out, device=CPU, width=width)
+    resume_path(out).unlink()
+    with pytest.raises(FeatdynError, match=r"resume state .*epoch_1.resume.pt is missing"):
+        run_epoch(2, arch, cache, cfg, out2, previous=out, device=CPU, width=width)
+    assert not out2.exists(), "a refused resume writes nothing"
 
 
 def test_an_interrupted_epoch_leaves_no_checkpoint(tmp_path, cache, monkeypatch):
@@ -123,7 +139,8 @@ def test_an_interrupted_epoch_leaves_no_checkpoint(tmp_path, cache, monkeypatch)
     monkeypatch.setattr(training.torch, "save", killed)  # killed while writing the checkpoint
     with pytest.raises(KeyboardInterrupt):
         run_epoch(1, arch, cache, cfg, tmp_path / "epoch_1.pt", previous=epoch0, device=CPU, width=width)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet50.pt", "resnet50_epoch_0.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet50.pt", "resnet50_epoch_0.pt",
+                                                          "resnet50_epoch_0.resume.pt"]
 
 
 def test_bf16_and_channels_last_switches_run_on_cpu(tmp_path, cache):

@@ -13,8 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import FeatdynError
-from .filterwise import FILTER_KINDS
-from .training import TrainConfig
+from .hyperparams import TrainConfig
+from .metric_kinds import FILTER_KINDS, check_params
 
 SOURCE_KEYS = ("demo", "path", "train", "test", "url")
 
@@ -84,7 +84,7 @@ def dataset_roots(name: str, spec: dict, data_dir: str) -> dict[str, str]:
 
 
 def layers_of(config: dict, model: str) -> list[str]:
-    from .layers import preset
+    from .layer_presets import preset
 
     spec = config["models"][model]
     layers = spec.get("layers", "preset")
@@ -93,8 +93,6 @@ def layers_of(config: dict, model: str) -> list[str]:
 
 def metric_params(config: dict, metric: str) -> dict:
     """A metric's parameter block with defaults: kind, granularity and the kind's own parameters."""
-    from .metrics import check_params
-
     block = dict(config["metrics"][metric])
     kind = block.pop("kind")
     granularity = block.pop("granularity", "layer")
@@ -110,7 +108,8 @@ def metric_params(config: dict, metric: str) -> dict:
 def check(config: dict, base: str | Path = ".") -> None:
     """Raise FeatdynError naming every problem found in ``config`` (paths relative to ``base``)."""
     from .datasets import check_training_tree, check_tree
-    from .layers import PRESETS, layer_shapes
+    from .layer_presets import PRESETS
+    from .layers import layer_shapes
     from .models import check_arch, check_width, is_weights_file, resolve_weights
 
     problems: list[str] = []
@@ -121,6 +120,7 @@ def check(config: dict, base: str | Path = ".") -> None:
         except FeatdynError as exc:
             problems.append(str(exc))
 
+    checked_layers: set[tuple] = set()
     for name, spec in config["models"].items():
         def model_checks(name=name, spec=spec) -> None:
             try:
@@ -147,10 +147,14 @@ def check(config: dict, base: str | Path = ".") -> None:
             if spec.get("layers", "preset") == "preset" and spec["arch"] not in PRESETS:
                 raise FeatdynError(f"models.{name}.layers: no preset for {spec['arch']!r} "
                                    f"(presets: {sorted(PRESETS)}); give a list of module paths")
-            # A forward pass on the meta device (milliseconds, no weights) finds unknown paths and
-            # modules called several times without @k before any job runs.
+            # A forward pass on the meta device (no weights; up to a second for a DenseNet) finds
+            # unknown paths and modules called several times without @k before any job runs; once
+            # per distinct (arch, layers): a grid of many models of a few architectures pays it once.
             try:
-                layer_shapes(spec["arch"], layers_of(config, name), int(config.get("image_size", 224)))
+                key = (spec["arch"], tuple(layers_of(config, name)), int(config.get("image_size", 224)))
+                if key not in checked_layers:
+                    layer_shapes(*key)
+                    checked_layers.add(key)
             except FeatdynError as exc:
                 raise FeatdynError(f"models.{name}.layers: {exc}") from None
             except Exception:  # noqa: BLE001 - a model the meta device cannot run is checked by its job
@@ -196,8 +200,8 @@ def with_defaults(config: dict) -> dict:
 # ---- the qualitative figures (the ``visualize`` block) -------------------------------------------
 
 def visualize_block(config: dict) -> dict:
-    """The ``visualize`` block with its defaults (featdyn.units.DEFAULTS)."""
-    from .units import with_defaults
+    """The ``visualize`` block with its defaults (featdyn.unit_defaults.DEFAULTS)."""
+    from .unit_defaults import with_defaults
 
     return with_defaults(config.get("visualize"))
 

@@ -26,12 +26,12 @@ from PIL import Image, UnidentifiedImageError
 from . import FeatdynError
 from .atomic import atomic_path, write_text
 from .download import file_sha256  # noqa: F401 - re-exported (extraction hashes checkpoints with it)
+from .fingerprints import IMAGE_EXTENSIONS
 from .prefetch import ordered_map
 from .progress import Progress
 
 log = logging.getLogger("featdyn.datasets")
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
 MANIFEST_COLUMNS = ["index", "path", "label", "class", "split", "probe"]
 
 

@@ -46,8 +46,8 @@ from . import FeatdynError
 from .finite import check_finite
 from .linalg import (blas_threads, bmm, cpu_workers, eig_nuclear_norms, parallel_map, polar_nuclear_norm,
                      resolve_device, svd_nuclear_norms)
+from .metric_kinds import FILTER_KINDS
 
-FILTER_KINDS = ("procrustes", "cka")
 METHODS = ("auto", "eig", "svd", "polar")
 
 # A centred map whose norm is below this fraction of the raw map's norm is zero up to rounding

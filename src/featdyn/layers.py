@@ -15,33 +15,7 @@ import torch
 from torch import nn
 
 from . import FeatdynError
-
-# The paper's layers (ReLU outputs at the end of each major component); see DESIGN.md section 2.
-PRESETS: dict[str, list[str]] = {
-    # The last ReLU of each of the five blocks: 64x224^2, 128x112^2, 256x56^2, 512x28^2, 512x14^2.
-    "vgg19": ["features.3", "features.8", "features.17", "features.26", "features.35"],
-    # The stem ReLU, then each stage's last Bottleneck. A Bottleneck's output is its `relu` applied
-    # (third call) to the residual sum, so hooking the block captures the post-addition tensor
-    # (the same as `layer1.2.relu@3`; a plain hook on `layer1.2.relu` is refused).
-    "resnet50": ["relu", "layer1.2", "layer2.3", "layer3.5", "layer4.2"],
-    # torchvision nests the blocks under `features`; relu2 is the 128-channel bottleneck ReLU of the
-    # last dense layer of each block (called once per pass), in forward order with the transitions.
-    "densenet121": ["features.denseblock1.denselayer6.relu2", "features.transition1.relu",
-                    "features.denseblock2.denselayer12.relu2", "features.transition2.relu",
-                    "features.denseblock3.denselayer24.relu2", "features.transition3.relu",
-                    "features.denseblock4.denselayer16.relu2"],
-    # The demo model, mapped onto ResNet's choice: the stem Conv-BN-ReLU6 (32x112^2), the last block
-    # of each resolution stage (after its residual addition: 24x56^2, 32x28^2, 96x14^2; these blocks
-    # end linearly, MobileNetV2 has no ReLU there) and the last Conv-BN-ReLU6 (1280x7^2).
-    "mobilenet_v2": ["features.0", "features.3", "features.6", "features.13", "features.18"],
-}
-
-
-def preset(arch: str) -> list[str]:
-    if arch not in PRESETS:
-        raise FeatdynError(f"no layer preset for model {arch!r} (presets exist for {sorted(PRESETS)}); "
-                           f"give `layers:` as a list of module paths")
-    return list(PRESETS[arch])
+from .layer_presets import PRESETS, preset  # noqa: F401 - re-exported; torch-free (resolved at every parse)
 
 
 def parse_layer(spec: str) -> tuple[str, int | None]:
@@ -166,15 +140,15 @@ class LayerCapture:
                                    f"valid: {[f'{path}@{k}' for k in range(1, n + 1)]}")
 
 
-def layer_shapes(arch: str, layers: Sequence[str], image_size: int) -> dict[str, tuple[int, ...]]:
-    """(C, H, W) of each layer of torchvision's ``arch`` at ``image_size`` px, found by a forward
-    pass on the meta device (no weights, no memory, milliseconds): the same checks as an
-    extraction (unknown path, module called several times without ``@k``, ``@k`` beyond the calls),
-    so that a layer list can be checked before any job runs."""
-    import torchvision
+def layer_shapes(arch: str, layers: Sequence[str], image_size: int, width: float = 1.0) -> dict[str, tuple[int, ...]]:
+    """(C, H, W) of each layer of torchvision's ``arch`` (at channel ``width``) at ``image_size`` px,
+    found by a forward pass on the meta device (no weights, no memory, milliseconds): the same checks
+    as an extraction (unknown path, module called several times without ``@k``, ``@k`` beyond the
+    calls), so that a layer list can be checked before any job runs."""
+    from .models import construct
 
+    model = construct(arch, width, meta=True).eval()
     with torch.device("meta"):
-        model = torchvision.models.get_model(arch, weights=None).eval()
         x = torch.empty(1, 3, image_size, image_size)
     with torch.no_grad(), LayerCapture(model, layers) as capture:
         return {spec: tuple(t.shape[1:]) for spec, t in capture.run(x).items()}

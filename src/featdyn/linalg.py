@@ -1,7 +1,7 @@
 """Small float64 linear-algebra kernels shared by the metrics (torch, CPU or CUDA).
 
 Every decomposition runs in float64: in float32 a model compared with itself gave a Procrustes
-distance of -3.6e-4 (on an H200). Batched decompositions run in chunks, because
+distance of -3.6e-4 (docs/design.md, "Precision and kernels"). Batched decompositions run in chunks, because
 cuSOLVER's batched eigensolver fails on very large batches (65,536 matrices of 14 x 14 at once).
 """
 

@@ -30,6 +30,7 @@ import torch
 from . import FeatdynError
 from .finite import all_finite, describe_nonfinite
 from .linalg import lapack_threads, nuclear_norm, resolve_device, sym_eigh
+from .metric_kinds import KIND_PARAMS, check_params  # noqa: F401 - check_params re-exported
 from .stats import PairStats, pair_stats
 
 # Eigenvalues of a scatter matrix below this fraction of the largest are numerical zeros
@@ -227,7 +228,7 @@ METRICS: dict[str, MetricInfo] = {
     "procrustes": MetricInfo("procrustes", procrustes, symmetric=True, is_metric=False,
                              invariances=_SIMILARITY, bounds=(0.0, 1.0)),
     "pwsm": MetricInfo("pwsm", pwsm, symmetric=True, is_metric=True, invariances=_SIMILARITY,
-                       bounds=(0.0, math.pi / 2), params={"alpha": 0.0}, param_invariances=_pwsm_invariances),
+                       bounds=(0.0, math.pi / 2), params=KIND_PARAMS["pwsm"], param_invariances=_pwsm_invariances),
     "cka": MetricInfo("cka", cka, symmetric=True, is_metric=False, invariances=_SIMILARITY, bounds=(0.0, 1.0)),
     "cca": MetricInfo("cca", cca, symmetric=True, is_metric=True,
                       invariances=_SIMILARITY | {"invertible_linear"}, bounds=(0.0, math.pi / 2)),
@@ -238,15 +239,6 @@ def info(name: str) -> MetricInfo:
     if name not in METRICS:
         raise FeatdynError(f"unknown metric {name!r}; expected one of {sorted(METRICS)}")
     return METRICS[name]
-
-
-def check_params(name: str, params: dict) -> dict:
-    """The metric's parameters with defaults filled in; unknown keys are an error."""
-    m = info(name)
-    unknown = set(params) - set(m.params)
-    if unknown:
-        raise FeatdynError(f"metric {name!r} takes parameters {sorted(m.params) or 'none'}, got {sorted(unknown)}")
-    return m.params | params
 
 
 def from_stats(name: str, stats: PairStats, **params) -> float:

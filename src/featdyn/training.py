@@ -1,10 +1,16 @@
 """Fine-tuning, one epoch per call, with checkpoints that resume bit-identically.
 
 Epoch 0 is the source model (pretrained backbone + new head), evaluated but not trained. Epoch e
-loads epoch e-1's checkpoint (weights, optimizer state, RNG states), trains one pass over the
-training split in an order drawn from (seed, e), evaluates, and saves epoch e. Because the data
-order depends only on (seed, e) and every RNG state travels in the checkpoint, a chain of epoch
-jobs gives the same weights as one uninterrupted loop (:func:`fine_tune`).
+loads epoch e-1's checkpoint, seeds every RNG (torch, numpy, Python: dropout) from (seed, e), trains
+one pass over the training split in an order drawn from (seed, e), evaluates, and saves epoch e.
+Because an epoch's randomness depends only on (seed, e), a chain of epoch jobs gives the same
+weights as one uninterrupted loop (:func:`fine_tune`).
+
+An epoch is saved as two files: the checkpoint (weights and metadata: what extraction reads, kept
+for every epoch) and its resume state (the optimizer state, ``<stem>.resume.pt``: only the next
+epoch reads it, so the workflow deletes it once that epoch exists; Adam's state is twice the size
+of the weights). Epoch 1 starts a fresh optimizer: it needs epoch 0's weights only, so a new
+learning rate retrains from epoch 1 without recomputing the source model.
 
 Speed: images come from the uint8 cache (decoded once), are gathered by background threads a few
 batches ahead (into pinned memory on CUDA, copied on a side stream so that the copy overlaps the
@@ -21,7 +27,8 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +38,7 @@ from torch import nn
 from . import FeatdynError
 from .atomic import atomic_path, remove_stale_temporaries, write_error
 from .finite import describe_nonfinite, peak
+from .hyperparams import IMAGENET_MEAN, IMAGENET_STD, TrainConfig, epoch_params  # noqa: F401 - re-exported
 from .linalg import resolve_device
 from .models import build_model, build_source_model
 from .prefetch import ordered_map
@@ -41,37 +49,7 @@ if TYPE_CHECKING:  # datasets needs pandas; the training loop itself does not
 
 log = logging.getLogger("featdyn.training")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CHECKPOINT_FORMAT = 2
-
-
-@dataclass
-class TrainConfig:
-    """Hyperparameters of one fine-tuning run (the ``training`` block of the config)."""
-
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 1e-4
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    grad_clip: float | None = 0.5
-    eval_batch_size: int = 128
-    bf16: bool | str = "auto"
-    channels_last: bool | str = "auto"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "extra"}
-        for key in ("mean", "std"):
-            if key in known:
-                known[key] = tuple(known[key])
-        return cls(**known, extra={k: v for k, v in d.items() if k not in cls.__dataclass_fields__})
+CHECKPOINT_FORMAT = 3
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -274,48 +252,46 @@ def check_weights(state: dict, what: str) -> None:
             raise FeatdynError(f"{what}: weight {name!r} is not finite: {describe_nonfinite(t)}")
 
 
-def _rng_state() -> dict:
-    """Every RNG state, as plain tensors and numbers (loadable with ``weights_only=True``)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    npst = state["numpy"]
-    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
-                         npst["cached_gaussian"]))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # also every CUDA device
     np.random.seed(seed % 2**32)
     random.seed(seed)
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    meta: dict) -> None:
-    """Atomically save model, optimizer and RNG states plus ``meta`` (arch, num_classes, epoch...).
+def _seed_epoch(seed: int, epoch: int) -> None:
+    """Seed every RNG for training epoch ``epoch`` from (seed, epoch) alone: no RNG state has to
+    travel from one epoch job to the next."""
+    _seed_everything(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
 
-    Temporaries left by a killed save of ``path`` are removed first (VGG19 with Adam: 1.7 GB each).
-    torch.save writes through a Python file object, so that a full disk surfaces as the OSError
-    'No space left on device' (torch's own writer reports only an 'unexpected pos'); the error
-    names the checkpoint and the space left.
+
+def resume_path(checkpoint: str | os.PathLike) -> Path:
+    """Where the resume state of ``checkpoint`` goes by default: ``epoch_3.pt`` -> ``epoch_3.resume.pt``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".resume.pt")
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    meta: dict, state_path: str | os.PathLike | None = None) -> None:
+    """Atomically save the weights plus ``meta`` (arch, num_classes, epoch, seed...) to ``path``, and
+    the optimizer state to ``state_path`` (default: :func:`resume_path` when there is an optimizer;
+    none without one). The state is written first, so a checkpoint never exists without it.
+
+    Temporaries left by a killed save are removed first (VGG19's Adam state: 1.1 GB). torch.save
+    writes through a Python file object, so that a full disk surfaces as the OSError 'No space left
+    on device' (torch's own writer reports only an 'unexpected pos'); the error names the file and
+    the space left.
     """
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    check_weights(state, f"checkpoint {path} (epoch {meta.get('epoch')}), before saving")
-    payload = {"format": CHECKPOINT_FORMAT, **meta, "model": state,
-               "optimizer": optimizer.state_dict() if optimizer is not None else None,
-               "rng": _rng_state()}
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    check_weights(weights, f"checkpoint {path} (epoch {meta.get('epoch')}), before saving")
+    if state_path is None and optimizer is not None:
+        state_path = resume_path(path)
+    if state_path is not None:
+        _save({"format": CHECKPOINT_FORMAT, "epoch": meta.get("epoch"), "seed": meta.get("seed"),
+               "optimizer": optimizer.state_dict() if optimizer is not None else None}, state_path)
+    _save({"format": CHECKPOINT_FORMAT, **meta, "model": weights}, path)
+
+
+def _save(payload: dict, path: str | os.PathLike) -> None:
     remove_stale_temporaries(path)
     with atomic_path(path) as tmp:
         try:
@@ -329,18 +305,9 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, num_classe
                     width: float | None = None) -> dict:
     """Load a checkpoint and check that it belongs to ``arch`` at ``width`` with ``num_classes`` outputs.
 
-    Tensors are memory-mapped: a reader that needs only the weights (extraction) does not read the
-    optimizer state, which is twice the size of the weights for Adam.
+    Tensors are memory-mapped (loaded when used).
     """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise FeatdynError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(ckpt, dict) or "format" not in ckpt:
-        raise FeatdynError(f"{path} is not a featdyn checkpoint (format {CHECKPOINT_FORMAT})")
-    if ckpt["format"] != CHECKPOINT_FORMAT:
-        raise FeatdynError(f"checkpoint {path} has format {ckpt['format']}, this featdyn reads format "
-                           f"{CHECKPOINT_FORMAT}: delete it (and the later epochs) to recompute them")
+    ckpt = _load(path, "checkpoint")
     if arch is not None and ckpt["arch"] != arch:
         raise FeatdynError(f"checkpoint {path} is of model {ckpt['arch']!r}, expected {arch!r}")
     if width is not None and ckpt.get("width", 1.0) != width:
@@ -349,6 +316,31 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, num_classe
         raise FeatdynError(f"checkpoint {path} has {ckpt['num_classes']} classes, expected {num_classes}")
     check_weights(ckpt["model"], f"checkpoint {path} (epoch {ckpt.get('epoch')})")
     return ckpt
+
+
+def _load(path: str | os.PathLike, what: str) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise FeatdynError(f"cannot read {what} {path}: {exc}") from exc
+    if not isinstance(ckpt, dict) or "format" not in ckpt:
+        raise FeatdynError(f"{path} is not a featdyn {what} (format {CHECKPOINT_FORMAT})")
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise FeatdynError(f"{what} {path} has format {ckpt['format']}, this featdyn reads format "
+                           f"{CHECKPOINT_FORMAT}: delete it (and the later epochs) to recompute them")
+    return ckpt
+
+
+def load_resume_state(path: str | os.PathLike, epoch: int, seed: int) -> dict:
+    """The optimizer state saved with checkpoint ``epoch``, checked against it."""
+    if not Path(path).is_file():
+        raise FeatdynError(f"resume state {path} is missing: it is deleted once the next epoch exists; "
+                           f"recompute epoch {epoch} (delete its checkpoint) to continue from it")
+    state = _load(path, "resume state")
+    if (state["epoch"], state["seed"]) != (epoch, seed):
+        raise FeatdynError(f"resume state {path} belongs to epoch {state['epoch']} (seed {state['seed']}), "
+                           f"not to the checkpoint of epoch {epoch} (seed {seed})")
+    return state
 
 
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
@@ -393,6 +385,7 @@ def _epoch(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None
         row: dict[str, float] = {}
         row["train_loss"], row["train_acc"] = evaluate(model, norm, cache, "train", cfg, device, workers)
     else:
+        _seed_epoch(cfg.seed, epoch)
         row = train_one_epoch(model, norm, optimizer, cache, cfg, epoch, device, workers)
     t1 = time.perf_counter()
     row["test_loss"], row["test_acc"] = evaluate(model, norm, cache, "test", cfg, device, workers)
@@ -408,30 +401,40 @@ def _epoch(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None
 
 
 def resume(previous: str | os.PathLike, epoch: int, arch: str, num_classes: int, cfg: TrainConfig,
-           device: torch.device, width: float = 1.0) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """Model and optimizer of checkpoint ``previous`` (epoch ``epoch - 1``) on ``device``, with every
-    RNG state restored: where epoch ``epoch`` starts."""
+           device: torch.device, width: float = 1.0,
+           previous_state: str | os.PathLike | None = None) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Model and optimizer of checkpoint ``previous`` (epoch ``epoch - 1``) on ``device``: where epoch
+    ``epoch`` starts. From epoch 2 on the optimizer state comes from ``previous_state`` (default:
+    :func:`resume_path`); epoch 1 starts a fresh optimizer, as the uninterrupted loop does."""
     ckpt = load_checkpoint(previous, arch, num_classes, width)
     if ckpt["epoch"] != epoch - 1:
         raise FeatdynError(f"checkpoint {previous} is epoch {ckpt['epoch']}, expected {epoch - 1}")
     if ckpt["seed"] != cfg.seed:
         raise FeatdynError(f"checkpoint {previous} was trained with seed {ckpt['seed']}, the config says "
                            f"{cfg.seed}: the data order would change mid-run; rerun from epoch 0")
+    state = load_resume_state(previous_state or resume_path(previous), epoch - 1, cfg.seed) if epoch >= 2 else None
     model = _place(model_from_checkpoint(ckpt), device, cfg)
     optimizer = make_optimizer(model, cfg, device)
-    if ckpt["optimizer"] is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    _set_rng_state(ckpt["rng"])
+    if state is not None:
+        if state["optimizer"] is None:
+            raise FeatdynError(f"resume state of {previous} holds no optimizer state (epoch {epoch - 1})")
+        optimizer.load_state_dict(state["optimizer"])
     return model, optimizer
 
 
 def run_epoch(epoch: int, arch: str, cache: ImageCache, cfg: TrainConfig, out: str | os.PathLike,
               *, weights_file: str | os.PathLike | None = None, previous: str | os.PathLike | None = None,
-              device: torch.device | None = None, width: float = 1.0, threads: int | None = None) -> dict[str, float]:
-    """Make checkpoint ``epoch`` at ``out``; return its metrics row (with timings in seconds).
+              device: torch.device | None = None, width: float = 1.0, threads: int | None = None,
+              state_out: str | os.PathLike | None = None,
+              previous_state: str | os.PathLike | None = None) -> dict[str, float]:
+    """Make checkpoint ``epoch`` at ``out`` and its resume state at ``state_out`` (default:
+    :func:`resume_path`); return its metrics row (with timings in seconds).
 
-    Epoch 0 builds the source model from ``weights_file``; epoch e > 0 resumes ``previous``.
-    ``threads`` (default: torch's intra-op threads) sizes the batch-gathering threads.
+    Epoch 0 builds the source model from ``weights_file``; epoch e > 0 resumes ``previous`` (and,
+    from epoch 2, its state ``previous_state``). ``threads`` (default: torch's intra-op threads) sizes the
+    batch-gathering threads. The checkpoint records the settings it depends on
+    (:func:`featdyn.hyperparams.epoch_params`), not the whole block: a later ``epochs`` or learning
+    rate does not make an earlier checkpoint wrong.
     """
     t0 = time.perf_counter()
     device, norm = _setup(device, cfg)
@@ -442,20 +445,16 @@ def run_epoch(epoch: int, arch: str, cache: ImageCache, cfg: TrainConfig, out: s
     else:
         if previous is None:
             raise FeatdynError(f"epoch {epoch} needs the checkpoint of epoch {epoch - 1}")
-        model, optimizer = resume(previous, epoch, arch, cache.num_classes, cfg, device, width)
+        model, optimizer = resume(previous, epoch, arch, cache.num_classes, cfg, device, width, previous_state)
     setup_s = time.perf_counter() - t0
     row = _epoch(epoch, model, optimizer, norm, cache, cfg, device, workers)
     t1 = time.perf_counter()
     meta = {"arch": arch, "width": width, "num_classes": cache.num_classes, "epoch": epoch, "seed": cfg.seed,
             "classes": list(cache.classes)}
-    save_checkpoint(out, model, optimizer, meta | {"metrics": row, "config": _plain(asdict(cfg))})
+    save_checkpoint(out, model, optimizer, meta | {"metrics": row, "config": epoch_params(asdict(cfg), epoch)},
+                    state_path=state_out or resume_path(out))
     row |= {"setup_s": setup_s, "save_s": time.perf_counter() - t1}
     return {"epoch": epoch, **row}
-
-
-def _plain(d: dict) -> dict:
-    """A config dict as plain lists/numbers/strings (checkpoints load with ``weights_only``)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 def fine_tune(arch: str, cache: ImageCache, cfg: TrainConfig, weights_file: str | os.PathLike, *,

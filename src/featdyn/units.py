@@ -26,26 +26,10 @@ import numpy as np
 import pandas as pd
 
 from . import FeatdynError
+from .unit_defaults import DEFAULTS, with_defaults  # noqa: F401 - re-exported; pandas-free (resolved at every parse)
 
 UNIT_COLUMNS = ["figure", "model", "dataset", "layer", "layer_index", "filter", "class", "label", "image", "path",
                 "reason"]
-
-DEFAULTS = {
-    "epochs": "all",
-    "rank_by": "auto",
-    "patches": {"layers": [-2, -1], "filters": 2, "classes": 2},
-    "heatmaps": {"layers": [0, 1], "filters": 2, "images": 2},
-}
-
-
-def with_defaults(block: Mapping | None) -> dict:
-    """The ``visualize`` block with every default filled in."""
-    block = dict(block or {})
-    out = {k: block.get(k, v) for k, v in DEFAULTS.items() if not isinstance(v, dict)}
-    for part in ("patches", "heatmaps"):
-        out[part] = DEFAULTS[part] | dict(block.get(part) or {})
-    return out
-
 
 def resolve_layers(spec: Sequence, layers: Sequence[str], key: str) -> list[str]:
     """Layer positions (ints, negative from the end) or layer specs -> layer specs in model order."""

@@ -1,4 +1,6 @@
-# Helpers shared by all modules: config resolution and the input functions.
+# Helpers shared by all modules: config resolution and the input functions. All of this runs at
+# every parse, including the re-parse that each cluster job does before its own work, so none of it
+# imports torch; the config check, which does, runs in the main process only.
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -7,12 +9,23 @@ from snakemake.logging import logger
 
 from featdyn import FeatdynError
 from featdyn import config as fdconfig
+from featdyn import fingerprints
 from featdyn.bootstrap import BootstrapSpec
+from featdyn.hyperparams import epoch_params
 
-try:
-    fdconfig.check(config)
-except FeatdynError as exc:
-    raise WorkflowError(str(exc)) from None
+if workflow.is_main_process:
+    # JOB_FEATDYN (Snakefile): the featdyn that jobs would import before this process's src/
+    if JOB_FEATDYN is not None and JOB_FEATDYN.origin is not None:
+        jobs_src = Path(JOB_FEATDYN.origin).resolve().parent.parent
+        if jobs_src != Path(FEATDYN_SRC).resolve():
+            raise WorkflowError(
+                f"jobs would import featdyn from {jobs_src}, not from this workflow's {FEATDYN_SRC}: "
+                f"run `pip install -e {workflow.basedir}` in this environment, or `export PYTHONPATH={FEATDYN_SRC}`"
+            )
+    try:
+        fdconfig.check(config)
+    except FeatdynError as exc:
+        raise WorkflowError(str(exc)) from None
 
 config = fdconfig.with_defaults(config)
 
@@ -20,6 +33,24 @@ MODELS = list(config["models"])
 DATASETS = list(config["datasets"])
 METRICS = list(config["metrics"])
 RUNS = [(m, d) for m in MODELS for d in DATASETS]
+
+
+def script_code(name):
+    """A digest of workflow/scripts/<name> and of the library modules it imports (featdyn.fingerprints),
+    the `params.code` of each script's jobs. Editing that code reruns those jobs and what follows
+    them; a fresh clone or a `touch` (same code, new times) reruns nothing."""
+    scripts = os.path.join(workflow.basedir, "workflow", "scripts")
+    return fingerprints.code_digest(os.path.join(scripts, name), os.path.join(FEATDYN_SRC, "featdyn"))
+
+
+def retry_mem(mb):
+    """mem_mb of a job: `mb` on the first attempt, twice that on a retry (--retries), and so on."""
+    return lambda wildcards, attempt: mb * attempt
+
+
+def retained(output, what):
+    """An output that `retention.<what>: drop` marks temp(): deleted once every job reading it has run."""
+    return temp(output) if config.get("retention", {}).get(what, "keep") == "drop" else output
 
 
 def data_dir(dataset):
@@ -35,6 +66,12 @@ def training_params(wildcards):
     return fdconfig.training_config(config, wildcards.model, wildcards.dataset)
 
 
+def epoch_training(wildcards):
+    """The part of the training block that this epoch's checkpoint depends on (a param: changing
+    lr reruns epochs >= 1, not epoch 0; changing epochs or eval_batch_size reruns nothing)."""
+    return epoch_params(training_params(wildcards), int(wildcards.epoch))
+
+
 def final_epoch(model, dataset):
     return fdconfig.training_config(config, model, dataset)["epochs"]
 
@@ -45,6 +82,25 @@ def analysed_epochs(model, dataset):
 
 def checkpoint_file(model, dataset, epoch):
     return f"results/checkpoints/{model}/{dataset}/epoch_{epoch}.pt"
+
+
+def resume_file(model, dataset, epoch):
+    """The optimizer state of an epoch (featdyn.training.resume_path): temp(), read by the next epoch only."""
+    return f"results/checkpoints/{model}/{dataset}/epoch_{epoch}.resume.pt"
+
+
+def kept_resume_states():
+    """The last epoch's resume state of every run, requested by the default target so that it is
+    kept: raising training.epochs then continues from it. Not requested where the last checkpoint
+    exists without it (dropped by retention.final_state, or deleted), which would retrain the chain."""
+    if config.get("retention", {}).get("final_state", "keep") == "drop":
+        return []
+    wanted = []
+    for m, d in RUNS:
+        t = final_epoch(m, d)
+        if os.path.exists(resume_file(m, d, t)) or not os.path.exists(checkpoint_file(m, d, t)):
+            wanted.append(resume_file(m, d, t))
+    return wanted
 
 
 def store_dir(model, dataset, epoch):
@@ -63,6 +119,15 @@ def dataset_roots(wildcards):
         )
     except FeatdynError as exc:
         raise WorkflowError(str(exc)) from None
+
+
+def dataset_images(wildcards):
+    """A digest of the image names in a dataset's own folders (a param: adding or removing images
+    reruns prepare_dataset). Demo and url datasets come from a rule's output, tracked as an input."""
+    spec = config["datasets"][wildcards.dataset]
+    if "demo" in spec or "url" in spec:
+        return ""
+    return fingerprints.tree_digest(dataset_roots(wildcards))
 
 
 def prepare_inputs(wildcards):
@@ -85,6 +150,8 @@ def finetune_inputs(wildcards):
         inputs["weights"] = f"results/weights/{wildcards.model}.pt"
     else:
         inputs["previous"] = checkpoint_file(wildcards.model, wildcards.dataset, epoch - 1)
+    if epoch >= 2:  # epoch 1 starts a fresh optimizer: epoch 0's state is read by no job
+        inputs["previous_state"] = resume_file(wildcards.model, wildcards.dataset, epoch - 1)
     return inputs
 
 
@@ -154,7 +221,8 @@ def kept_intermediates():
         for e in range(final_epoch(m, d) + 1):
             files[f"results/checkpoints/{m}/{d}/epoch_{e}.json"] = "finetune_epoch"
         for e in analysed_epochs(m, d):
-            files[store_dir(m, d, e)] = "extract"
+            if config.get("retention", {}).get("activations", "keep") == "keep":  # dropped ones are meant to go
+                files[store_dir(m, d, e)] = "extract"
             for s in FILTER_METRICS:
                 files[filter_table(s, m, d, e)] = "filter_scores"
                 files[filter_groups(s, m, d, e)] = "filter_scores"

@@ -10,13 +10,16 @@ rule materialise_demo:
         directory("results/data/{dataset}/images"),
     log:
         "results/logs/materialise_demo/{dataset}.log",
+    benchmark:
+        "results/benchmarks/materialise_demo/{dataset}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=retry_mem(1000),
     params:
         demo=lambda w: config["datasets"][w.dataset]["demo"],
         seed=config["seed"],
+        code=script_code("materialise_demo.py"),
     script:
         "../scripts/materialise_demo.py"
 
@@ -28,11 +31,14 @@ rule download_dataset:
         directory("results/data/{dataset}/raw"),
     log:
         "results/logs/download_dataset/{dataset}.log",
+    benchmark:
+        "results/benchmarks/download_dataset/{dataset}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     params:
         url=lambda w: config["datasets"][w.dataset]["url"],
         sha256=lambda w: config["datasets"][w.dataset]["sha256"],
+        code=script_code("download_dataset.py"),
     script:
         "../scripts/download_dataset.py"
 
@@ -46,18 +52,22 @@ rule prepare_dataset:
         summary="results/data/{dataset}/dataset.json",
     log:
         "results/logs/prepare_dataset/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare_dataset/{dataset}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     # Decoding runs on every thread; memory stays small (the cache is filled through a memory map).
     threads: 8
     resources:
-        mem_mb=4000,
+        mem_mb=retry_mem(4000),
     params:
         roots=dataset_roots,
+        images=dataset_images,
         image_size=config["image_size"],
         split=config["split"],
         probe=config["probe"],
         classes=lambda w: config["datasets"][w.dataset].get("classes"),
         class_seed=lambda w: config["datasets"][w.dataset].get("class_seed", config["seed"]),
+        code=script_code("prepare_dataset.py"),
     script:
         "../scripts/prepare_dataset.py"

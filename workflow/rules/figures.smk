@@ -14,10 +14,13 @@ rule similarity_curves:
         pdf="results/figures/similarity_{model}.pdf",
     log:
         "results/logs/figures/similarity_{model}.log",
+    benchmark:
+        "results/benchmarks/figures/similarity_{model}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     params:
         datasets=DATASETS,
+        code=script_code("similarity_curves.py"),
     script:
         "../scripts/similarity_curves.py"
 
@@ -54,6 +57,8 @@ rule visualize:
         heatmaps_pdf="results/figures/heatmaps_{model}_{dataset}.pdf",
     log:
         "results/logs/figures/visualize_{model}_{dataset}.log",
+    benchmark:
+        "results/benchmarks/figures/visualize_{model}_{dataset}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     params:
@@ -63,5 +68,6 @@ rule visualize:
         last_epoch=lambda w: analysed_epochs(w.model, w.dataset)[-1],
         width=model_width,
         datasets=DATASETS,
+        code=script_code("visualize.py"),
     script:
         "../scripts/visualize.py"

@@ -11,6 +11,8 @@ rule fetch_weights:
         "results/weights/{model}.pt",
     log:
         "results/logs/fetch_weights/{model}.log",
+    benchmark:
+        "results/benchmarks/fetch_weights/{model}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     params:
@@ -18,31 +20,40 @@ rule fetch_weights:
         weights=lambda w: config["models"][w.model].get("weights", "IMAGENET1K_V1"),
         width=model_width,
         seed=config["seed"],
+        code=script_code("fetch_weights.py"),
     script:
         "../scripts/fetch_weights.py"
 
 
+# The checkpoint (weights, kept for every epoch) and the resume state (the optimizer state: only the
+# next epoch reads it, so temp(); the last epoch's is kept by the default target). The params
+# hold only what this epoch's result depends on: a new lr reruns epochs >= 1, not epoch 0; more
+# epochs add jobs without retraining; eval_batch_size and device are read from the config by the
+# script and rerun nothing.
 rule finetune_epoch:
     input:
         unpack(finetune_inputs),
     output:
         checkpoint="results/checkpoints/{model}/{dataset}/epoch_{epoch}.pt",
+        state=temp("results/checkpoints/{model}/{dataset}/epoch_{epoch}.resume.pt"),
         metrics="results/checkpoints/{model}/{dataset}/epoch_{epoch}.json",
     log:
         "results/logs/finetune_epoch/{model}/{dataset}/epoch_{epoch}.log",
+    benchmark:
+        "results/benchmarks/finetune_epoch/{model}/{dataset}/epoch_{epoch}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     # On a GPU: one thread launches kernels, the others gather batches from the cache. On a CPU
-    # every thread computes. Host memory: the checkpoint in and out (VGG19 with Adam: 1.7 GB each)
-    # plus torch and the CUDA context; a retry gets more.
+    # every thread computes. Host memory: weights and optimizer state in and out (VGG19: 0.55 GB
+    # and, with Adam, 1.1 GB) plus torch and the CUDA context; a retry gets twice as much.
     threads: 4
     resources:
-        mem_mb=lambda w, attempt: 12000 * attempt,
+        mem_mb=retry_mem(12000),
         gpu=1,
     params:
         arch=lambda w: config["models"][w.model]["arch"],
         width=model_width,
-        training=training_params,
-        device=config["device"],
+        training=epoch_training,
+        code=script_code("finetune_epoch.py"),
     script:
         "../scripts/finetune_epoch.py"

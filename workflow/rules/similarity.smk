@@ -17,16 +17,18 @@ rule source_stats:
         groups=stats_groups("{model}", "{dataset}", "source"),
     log:
         "results/logs/source_stats/{model}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/source_stats/{model}/{dataset}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=retry_mem(4000),
         gpu=1,
     params:
-        device=config["device"],
         layers=lambda w: fdconfig.layers_of(config, w.model),
         groups=BOOTSTRAP.stored_groups,
+        code=script_code("source_stats.py"),
     script:
         "../scripts/source_stats.py"
 
@@ -45,16 +47,18 @@ rule layer_stats:
         groups=stats_groups("{model}", "{dataset}", "epoch_{epoch}"),
     log:
         "results/logs/layer_stats/{model}/{dataset}/epoch_{epoch}.log",
+    benchmark:
+        "results/benchmarks/layer_stats/{model}/{dataset}/epoch_{epoch}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=retry_mem(4000),
         gpu=1,
     params:
-        device=config["device"],
         layers=lambda w: fdconfig.layers_of(config, w.model),
         groups=BOOTSTRAP.stored_groups,
+        code=script_code("layer_stats.py"),
     script:
         "../scripts/layer_stats.py"
 
@@ -71,19 +75,21 @@ rule filter_scores:
         groups=filter_groups("{metric}", "{model}", "{dataset}", "{epoch}"),
     log:
         "results/logs/filter_scores/{metric}/{model}/{dataset}/epoch_{epoch}.log",
+    benchmark:
+        "results/benchmarks/filter_scores/{metric}/{model}/{dataset}/epoch_{epoch}.tsv"
     wildcard_constraints:
         metric="|".join(FILTER_METRICS) or "(?!)",
     conda:
         "../../envs/featdyn.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=retry_mem(8000),
         gpu=1,
     params:
         metric=metric_block,
-        device=config["device"],
         layers=lambda w: fdconfig.layers_of(config, w.model),
         groups=BOOTSTRAP.stored_groups,
+        code=script_code("filter_scores.py"),
     script:
         "../scripts/filter_scores.py"
 
@@ -96,6 +102,8 @@ rule score:
         replicates=replicates_file("{metric}", "{model}", "{dataset}"),
     log:
         "results/logs/score/{metric}/{model}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/score/{metric}/{model}/{dataset}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     # The bootstrap evaluates the metric once per resample, layer and epoch: on the GPU when there
@@ -103,12 +111,12 @@ rule score:
     # with the per-group statistics of a whole epoch in memory.
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=retry_mem(8000),
         gpu=1,
     params:
         metric=metric_block,
         epochs=lambda w: analysed_epochs(w.model, w.dataset),
-        device=config["device"],
         bootstrap=asdict(BOOTSTRAP),
+        code=script_code("score.py"),
     script:
         "../scripts/score.py"

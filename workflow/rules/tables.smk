@@ -13,11 +13,14 @@ rule table1:
         html=report("results/tables/table1_accuracy.html", caption="../report/table1.rst", category="2 Tables"),
     log:
         "results/logs/tables/table1.log",
+    benchmark:
+        "results/benchmarks/tables/table1.tsv"
     conda:
         "../../envs/featdyn.yaml"
     params:
         models=MODELS,
         datasets=DATASETS,
+        code=script_code("table1.py"),
     script:
         "../scripts/table1.py"
 
@@ -39,6 +42,8 @@ rule table2:
         ),
     log:
         "results/logs/tables/table2.log",
+    benchmark:
+        "results/benchmarks/tables/table2.tsv"
     conda:
         "../../envs/featdyn.yaml"
     params:
@@ -47,6 +52,7 @@ rule table2:
         metrics=METRICS,
         replicate_keys=REPLICATE_KEYS,
         bootstrap=asdict(BOOTSTRAP),
+        code=script_code("table2.py"),
     script:
         "../scripts/table2.py"
 
@@ -62,10 +68,13 @@ rule metric_correlation:
         html=report("results/tables/metric_correlation.html", caption="../report/correlation.rst", category="2 Tables"),
     log:
         "results/logs/tables/metric_correlation.log",
+    benchmark:
+        "results/benchmarks/tables/metric_correlation.tsv"
     conda:
         "../../envs/featdyn.yaml"
     params:
         replicate_keys=REPLICATE_KEYS,
+        code=script_code("metric_correlation.py"),
     script:
         "../scripts/metric_correlation.py"
 
@@ -81,6 +90,8 @@ rule findings:
         rst="results/report/findings.rst",
     log:
         "results/logs/tables/findings.log",
+    benchmark:
+        "results/benchmarks/tables/findings.tsv"
     conda:
         "../../envs/featdyn.yaml"
     params:
@@ -89,5 +100,6 @@ rule findings:
         metrics=METRICS,
         replicate_keys=REPLICATE_KEYS,
         bootstrap=asdict(BOOTSTRAP),
+        code=script_code("findings.py"),
     script:
         "../scripts/findings.py"

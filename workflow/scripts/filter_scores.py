@@ -9,7 +9,7 @@ log = job_setup(snakemake.log[0], snakemake.threads, name="filter_scores")
 w, i, p = snakemake.wildcards, snakemake.input, snakemake.params
 # Each store must come from its own checkpoint (epoch and sha256), with this run's layers and probe set.
 df, groups = filter_tables_from_stores(i.source_store, i.store, p.metric, model=w.model, dataset=w.dataset,
-                                       metric=w.metric, device=pick_device(p.device),
+                                       metric=w.metric, device=pick_device(snakemake.config["device"]),
                                        expect=expected_attrs(i.summary, model=w.model, dataset=w.dataset,
                                                              layers=p.layers),
                                        source_attrs=expected_attrs(checkpoint=i.source_checkpoint),

@@ -3,17 +3,25 @@ import json
 import torch
 
 from featdyn.atomic import write_text
+from featdyn.config import training_config
 from featdyn.datasets import ImageCache
+from featdyn.hyperparams import epoch_params
 from featdyn.progress import job_setup
 from featdyn.training import TrainConfig, pick_device, run_epoch
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="finetune_epoch")
 w, p = snakemake.wildcards, snakemake.params
+epoch = int(w.epoch)
+# The whole block, with the settings that change no checkpoint (epochs, eval_batch_size), from the
+# config; the params hold the part this epoch depends on (what reruns it), the same by construction.
+training = training_config(snakemake.config, w.model, w.dataset)
+assert epoch_params(training, epoch) == p.training, (epoch_params(training, epoch), p.training)
 cache = ImageCache(snakemake.input.manifest.rsplit("/", 1)[0])
-device = pick_device(p.device)
+device = pick_device(snakemake.config["device"])
 log.info("%s on %s, epoch %s, device %s, %d threads", w.model, w.dataset, w.epoch, device, torch.get_num_threads())
-row = run_epoch(int(w.epoch), p.arch, cache, TrainConfig.from_dict(p.training), snakemake.output.checkpoint,
+row = run_epoch(epoch, p.arch, cache, TrainConfig.from_dict(training), snakemake.output.checkpoint,
                 weights_file=snakemake.input.get("weights"), previous=snakemake.input.get("previous"),
+                previous_state=snakemake.input.get("previous_state"), state_out=snakemake.output.state,
                 device=device, width=p.width, threads=snakemake.threads)
 # allow_nan=False: the JSON stays standard (a NaN loss has already stopped the job)
 write_text(snakemake.output.metrics,

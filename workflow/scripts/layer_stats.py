@@ -6,7 +6,7 @@ from featdyn.training import pick_device
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="layer_stats")
 w, i = snakemake.wildcards, snakemake.input
-device = pick_device(snakemake.params.device)
+device = pick_device(snakemake.config["device"])
 source = load_sides(i.source_stats, device)
 source_groups = load_group_sides(i.source_groups, device)
 # Each store must come from its own checkpoint (epoch and sha256), with this run's layers and probe set.

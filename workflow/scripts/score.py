@@ -13,7 +13,7 @@ if p.metric["granularity"] == "filter":
 else:
     df, reps = score_layers_with_replicates(snakemake.input.source, snakemake.input.epochs, p.epochs, p.metric,
                                             model=w.model, dataset=w.dataset, metric=w.metric,
-                                            device=resolve_device(p.device), spec=spec,
+                                            device=resolve_device(snakemake.config["device"]), spec=spec,
                                             source_groups_file=snakemake.input.source_groups,
                                             group_files=snakemake.input.groups)
 write_csv(df, snakemake.output[0])

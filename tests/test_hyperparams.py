@@ -1,0 +1,54 @@
+"""What each epoch job depends on, and the workflow's per-parse config resolution without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields
+
+from conftest import REPO
+from featdyn.hyperparams import OPTIMISATION_KEYS, RUN_ONLY_KEYS, SOURCE_KEYS, TrainConfig, epoch_params
+
+
+def test_every_training_setting_is_placed_in_exactly_one_group():
+    groups = [set(SOURCE_KEYS), set(OPTIMISATION_KEYS), set(RUN_ONLY_KEYS)]
+    names = {f.name for f in fields(TrainConfig)}
+    assert set().union(*groups) == names and sum(map(len, groups)) == len(names)
+
+
+def test_epoch_params():
+    block = TrainConfig().__dict__ | {"lr": 1e-3}
+    zero, one = epoch_params(block, 0), epoch_params(block, 1)
+    assert "lr" not in zero and "epochs" not in zero and zero["seed"] == 0 and zero["mean"] == [0.485, 0.456, 0.406]
+    assert one["lr"] == 1e-3 and "eval_batch_size" not in one and "momentum" not in one  # Adam has none
+    assert epoch_params(block | {"optimizer": "sgd"}, 3)["momentum"] == 0.9
+    assert epoch_params(block | {"epochs": 50, "eval_batch_size": 1}, 2) == epoch_params(block, 2)
+
+
+def test_the_workflow_resolves_its_config_without_torch():
+    """What every parse runs (also each cluster job's, before its own work) imports no torch."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(REPO / 'src')!r})
+from featdyn import config as c, fingerprints
+from featdyn.hyperparams import epoch_params
+cfg = {{"models": {{"m": {{"arch": "resnet50", "layers": "preset"}}}}, "datasets": {{"d": {{"path": "x"}}}},
+       "metrics": {{"p": {{"kind": "pwsm"}}, "f": {{"kind": "cka", "granularity": "filter"}}}}}}
+assert c.metric_params(cfg, "p")["alpha"] == 0.0 and c.layers_of(cfg, "m")[0] == "relu"
+epoch_params(c.training_config(cfg, "m", "d"), 1)
+c.dataset_roots("d", cfg["datasets"]["d"], "results/data/d")
+fingerprints.code_digest({str(REPO / 'workflow/scripts/score.py')!r}, {str(REPO / 'src/featdyn')!r})
+c.visualize_block(cfg), c.visual_epochs(cfg, "m", "d"), c.rank_metric(cfg)
+heavy = sorted(m for m in ("torch", "torchvision", "pandas", "numpy", "zarr", "PIL") if m in sys.modules)
+assert not heavy, heavy
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_metric_kinds_agree_with_the_metrics():
+    from featdyn import filterwise, metrics
+    from featdyn.metric_kinds import FILTER_KINDS, KIND_PARAMS
+
+    assert {k: m.params for k, m in metrics.METRICS.items()} == KIND_PARAMS
+    assert set(FILTER_KINDS) == set(filterwise.MAP_DISTANCES)
