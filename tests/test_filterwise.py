@@ -13,7 +13,7 @@ import torch
 from featdyn import FeatdynError
 from featdyn import filterwise as fw
 from featdyn.filterwise import FilterAccumulator, filter_scores, map_distances
-from featdyn.linalg import polar_nuclear_norm, polar_schedule
+from featdyn.linalg import polar_nuclear_norm, polar_schedule, torch_threads
 from metric_reference import single_thread  # noqa: F401
 
 
@@ -167,6 +167,122 @@ def test_polar_fast_path_matches_exact_nuclear_norm(size):
     assert np.abs(fast - exact).max() < 1e-8
     assert (fast <= exact + 1e-12).all()
     assert len(polar_schedule(size, fw.POLAR_TOL)) <= 40
+
+
+def map_families(rng: np.random.Generator, pairs: int, size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """float32 map pairs (pairs, size, size) of the kinds real layers produce: generic ReLU maps,
+    low rank, zero rows / columns (rows constant after ReLU), rows constant before centring,
+    smooth maps with fast-decaying spectra, dead maps, and a map against itself."""
+    def relu(t):
+        return np.maximum(t, 0).astype(np.float32)
+
+    def noisy(t, s=0.6):
+        return relu(t + s * rng.standard_normal(t.shape))
+
+    def blur(t, k):
+        out = t.copy()
+        for axis in (-1, -2):
+            out = sum(np.roll(out, i, axis) for i in range(-(k // 2), k // 2 + 1)) / k
+        return out
+
+    shape = (pairs, size, size)
+    base = relu(rng.standard_normal(shape))
+    low = relu(rng.standard_normal((pairs, size, 3)) @ rng.standard_normal((pairs, 3, size)))
+    rows, cols, const = base.copy(), base.copy(), base.copy()
+    rows[:, : size // 2] = 0
+    cols[:, :, size // 4:] = 0
+    const[:, ::2] = const[:, ::2, :1]
+    smooth = relu(blur(rng.standard_normal(shape), 5) - 0.05)
+    dead = base.copy()
+    dead[::2] = 0
+    return {"random": (base, noisy(base)), "low_rank": (low, noisy(low, 0.3)), "zero_rows": (rows, noisy(base)),
+            "zero_cols": (cols, noisy(cols)), "constant_rows": (const, noisy(const)),
+            "smooth": (smooth, relu(smooth + 0.3 * blur(rng.standard_normal(shape), 5))),
+            "dead": (dead, noisy(base)), "identical": (base, base.copy())}
+
+
+def lapack_procrustes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """1 - sum of LAPACK's singular values of A*^T B* (W x W, no deflation), and liveness."""
+    ta, tb = torch.from_numpy(a).double(), torch.from_numpy(b).double()
+    ac, bc = ta - ta.mean(-1, keepdim=True), tb - tb.mean(-1, keepdim=True)
+    na, nb = torch.linalg.matrix_norm(ac), torch.linalg.matrix_norm(bc)
+    live = (na > 1e-10 * torch.linalg.matrix_norm(ta)) & (nb > 1e-10 * torch.linalg.matrix_norm(tb))
+    m = (ac / na.clamp_min(1e-300)[:, None, None]).mT @ (bc / nb.clamp_min(1e-300)[:, None, None])
+    return (1.0 - torch.linalg.svdvals(m).sum(-1)).numpy(), live.numpy()
+
+
+@pytest.mark.parametrize("size", [14, 56, 224])
+def test_every_path_agrees_with_lapack_on_realistic_maps(size):
+    """Deflation, the rank bound, the eigen path's check and its svdvals fallback, the probe of
+    'auto', and the polar iteration: within 1e-10 of LAPACK on the full W x W product (polar,
+    the GPU path: 1e-8), on every kind of map; dead pairs flagged."""
+    rng = np.random.default_rng(size)
+    pairs = 2 if size == 224 else 12
+    for name, (a, b) in map_families(rng, pairs, size).items():
+        want, live = lapack_procrustes(a, b)
+        for method, tol in [("auto", 1e-10), ("eig", 1e-10), ("svd", 1e-10), ("polar", 1e-8)]:
+            got, valid = map_distances("procrustes", a, b, method=method, device="cpu")
+            np.testing.assert_array_equal(valid.numpy(), live, err_msg=f"{name} {method}")
+            err = np.abs(got.numpy() - np.clip(want, 0, 1))[live]
+            assert err.max(initial=0) <= tol, (name, method, err.max())
+
+
+def test_deflation_keeps_singular_values_and_the_rank_bound_holds():
+    """The Householder deflation drops exactly the zero singular value of the ones vector, and
+    the zero-pattern bound is never below the numerical rank of A*^T B*."""
+    rng = np.random.default_rng(7)
+    for name, (a, b) in map_families(rng, 6, 20).items():
+        ta, tb = torch.from_numpy(a).double(), torch.from_numpy(b).double()
+        ac, bc = fw._centre_rows(ta), fw._centre_rows(tb)
+        full = torch.linalg.svdvals(ac.mT @ bc)
+        deflated = torch.linalg.svdvals(fw._deflate(ac).mT @ fw._deflate(bc))
+        assert deflated.shape[-1] == 19
+        torch.testing.assert_close(deflated, full[:, :19], atol=1e-12, rtol=0)
+        assert (full[:, 19] <= 1e-12 * full[:, 0].clamp_min(1e-300)).all(), name
+        rank = torch.linalg.matrix_rank(ac.mT @ bc, rtol=1e-12)
+        assert (fw._rank_bound(ta, tb) >= rank).all(), name
+        if name in ("zero_rows", "zero_cols"):
+            assert (fw._rank_bound(ta, tb) < 19).all(), f"{name}: the zero pattern should bound the rank"
+
+
+def test_auto_probes_the_eigen_path_and_keeps_or_drops_it(monkeypatch):
+    """'auto' on the CPU: generic maps stay on the eigen path (few svdvals); smooth maps, whose
+    products have singular values far below sqrt(eps) sigma_max, switch to svdvals after the probe."""
+    calls = {"eig": 0, "svd": 0}
+    eig, svd = fw.eig_nuclear_norms, fw.svd_nuclear_norms
+
+    def count_eig(m, rank=None):
+        calls["eig"] += m.shape[0]
+        return eig(m, rank)
+
+    def count_svd(m):
+        calls["svd"] += m.shape[0]
+        return svd(m)
+
+    monkeypatch.setattr(fw, "eig_nuclear_norms", count_eig)
+    monkeypatch.setattr(fw, "svd_nuclear_norms", count_svd)
+    monkeypatch.setitem(fw.CHUNK_ELEMENTS, "cpu", 4 * 28 * 28)
+    rng = np.random.default_rng(8)
+    fam = map_families(rng, 96, 28)
+    map_distances("procrustes", *fam["random"], method="auto", device="cpu")
+    assert calls["eig"] == 96 and calls["svd"] <= 96 * (1 - fw.EIG_PASS_RATE)
+    calls.update(eig=0, svd=0)
+    map_distances("procrustes", *fam["smooth"], method="auto", device="cpu")
+    assert fw.PROBE_PAIRS <= calls["eig"] < 96 and calls["svd"] > 96 - calls["eig"]
+
+
+def test_threads_and_groups_change_nothing(monkeypatch):
+    """One thread and one group against two threads and groups of three pairs: the same values
+    up to rounding (the batched matmuls' kernels depend on the batch size) and the same masks."""
+    rng = np.random.default_rng(9)
+    a, b = map_families(rng, 40, 16)["random"]
+    with torch_threads(1):
+        one, ok1 = map_distances("procrustes", a, b, method="eig", device="cpu")
+    with torch_threads(2):
+        monkeypatch.setitem(fw.CHUNK_ELEMENTS, "cpu", 3 * 16 * 16)
+        two, ok2 = map_distances("procrustes", a, b, method="eig", device="cpu")
+    assert torch.equal(ok1, ok2)
+    torch.testing.assert_close(one, two, atol=1e-12, rtol=0)
 
 
 def test_bad_inputs_are_named():

@@ -111,7 +111,11 @@ def test_invariances_both_ways(name, params, which, args):
     else:
         # On a rank-1 representation every invertible map is a rotation and a scaling: not generic.
         assume(np.linalg.matrix_rank(centred(y)) >= 2)
-        assert abs(moved - base) > CHANGED_MIN, f"{name} is declared not invariant to {which}, yet unchanged"
+        # One draw of a random map can move an ill-conditioned pair very little (pwsm at alpha 1:
+        # 6e-5 for ('ill_conditioned', 32767, 7)); a declared non-invariance must show in the
+        # largest change over three independent draws.
+        changes = [abs(moved - base)] + [abs(d(name, x, transform(which, y, rng), params) - base) for _ in range(2)]
+        assert max(changes) > CHANGED_MIN, f"{name} is declared not invariant to {which}, yet unchanged: {changes}"
 
 
 @pytest.mark.parametrize(("name", "params"), CASES, ids=IDS)

@@ -51,6 +51,58 @@ def test_small_blocks_are_used_and_give_the_same_result(monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-11)
 
 
+@pytest.mark.parametrize("syrk", [True, False])
+@pytest.mark.parametrize("c", [300, 13])
+def test_block_products_give_the_full_statistics(monkeypatch, c, syrk):
+    """The CPU's syrk of [X | Y] in parts of rows on two threads (and the torch matmuls of GPUs and
+    of CPUs without threadpoolctl): the full, symmetric statistics, equal to the direct products,
+    streamed or in one shot, for both sides and for a side alone. Parts of 64 rows: several per
+    block, the last one short."""
+    st = __import__("featdyn.stats").stats
+    monkeypatch.setattr(st, "TASK_ROWS", 64)
+    monkeypatch.setattr(st, "cpu_workers", lambda: 2)  # two threads, whatever the machine
+    if not syrk:
+        monkeypatch.setattr(st, "threadpool_limits", None)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((500, c)).astype(np.float32) + 3.0
+    y = (x @ rng.standard_normal((c, c)).astype(np.float32) / np.sqrt(c)).astype(np.float32)
+    whole = pair_stats(x, y)
+    acc = Accumulator("cpu")
+    for a, b in split_points(500, [123, 377]):
+        acc.update(x[a:b], y[a:b])
+    side = Accumulator("cpu")
+    side.update(x)
+    xc, yc = centred(x.astype(np.float64)), centred(y.astype(np.float64))
+    for stats in (whole, acc.pair()):
+        for got, want in zip(stats.centered(), (xc.T @ xc, yc.T @ yc, xc.T @ yc)):
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(side.side().centered().numpy(), xc.T @ xc, rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(side.side().gram, whole.x.gram, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("c", [2, 17, 64, 300])
+def test_a_representation_against_itself_gives_identical_bits(monkeypatch, c):
+    """X against itself: X^T Y equals X^T X and Y^T Y bit for bit, in one pass and against a source
+    side accumulated alone from the same batches (the workflow's epoch 0 against the source),
+    whatever the thread count;
+    so every metric is 0 up to its last rounding (separate gemm and syrk calls differ in the last
+    bits for some widths, e.g. 17, and full whitening makes that 1e-6 rad)."""
+    st = __import__("featdyn.stats").stats
+    rng = np.random.default_rng(c)
+    x = np.maximum(rng.standard_normal((3000, c)), 0).astype(np.float32)
+    one = pair_stats(x, x)
+    assert torch.equal(one.xy, one.x.gram) and torch.equal(one.y.gram, one.x.gram)
+    monkeypatch.setattr(st, "cpu_workers", lambda: 1)
+    source = Accumulator("cpu")
+    for i in range(0, 3000, 700):  # the store's batches, as the epoch's pass reads them
+        source.update(x[i:i + 700])
+    monkeypatch.setattr(st, "cpu_workers", lambda: 3)
+    epoch = stream_pair([(x[i:i + 700], x[i:i + 700]) for i in range(0, 3000, 700)], source=source.side())
+    assert torch.equal(epoch.xy, source.side().gram)
+    for name in NAMES:
+        assert from_stats(name, epoch) == pytest.approx(0.0, abs=1e-7 if name in ("pwsm", "cca") else 1e-12)
+
+
 def test_inputs_are_not_modified_in_place():
     x, y = make_pair("random", 50, 4, 0.5, np.random.default_rng(2))
     x0, y0 = x.copy(), y.copy()

@@ -29,7 +29,7 @@ import torch
 
 from . import FeatdynError
 from .finite import all_finite, describe_nonfinite
-from .linalg import nuclear_norm, resolve_device, sym_eigh
+from .linalg import lapack_threads, nuclear_norm, resolve_device, sym_eigh
 from .metric_kinds import KIND_PARAMS, check_params  # noqa: F401 - check_params re-exported
 from .stats import PairStats, pair_stats
 
@@ -244,7 +244,10 @@ def info(name: str) -> MetricInfo:
 def from_stats(name: str, stats: PairStats, **params) -> float:
     """The distance ``name`` from precomputed :class:`PairStats`. Non-finite statistics are refused
     (FeatdynError); the value is finite, or NaN with a :class:`DegenerateWarning` (zero variance)."""
-    value = info(name).fn(stats, **check_params(name, params))
+    fn, params = info(name).fn, check_params(name, params)
+    # a few C x C decompositions and products: one thread keeps them steady on a loaded machine
+    with lapack_threads(max(stats.xy.shape), stats.xy.device):
+        value = fn(stats, **params)
     cxx, cyy, _ = _scaled(stats)
     if not math.isfinite(value) and float(torch.trace(cxx)) > 0 and float(torch.trace(cyy)) > 0:
         raise FeatdynError(f"{name}: the value is {value} for finite statistics")

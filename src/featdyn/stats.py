@@ -23,13 +23,26 @@ import torch
 from . import FeatdynError
 from .atomic import atomic_path
 from .finite import all_finite, check_finite
-from .linalg import as_tensor
+from .linalg import as_tensor, blas_threads, cpu_workers, parallel_map, threadpool_limits
 
 # Elements per float64 block and side: bounds the working memory of one update. On a CPU 32 MiB
 # blocks (2 sides: 64 MiB, under the 82 MB of two 20,000 x 512 float32 inputs) keep the matmuls
 # near full speed (smaller blocks measured up to 2x slower here); on a GPU larger blocks keep the
 # float64 matmul units busy (256 MiB).
 BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
+
+# The products of a block, on a CPU: one BLAS syrk of the stacked block [X | Y] (numpy sends
+# Z^T Z to syrk) gives X^T X, X^T Y and Y^T Y for the price of the products the statistics need,
+# X^T Y and half of each symmetric Gram (measured: 2.00 general products), and computes every
+# entry with the same arithmetic: a representation against itself gives X^T Y == X^T X bit for
+# bit, also against a side accumulated alone (syrk of X), so that the source model at epoch 0 is at
+# distance 0 to the last digit (separate gemm and syrk calls differed in the last bits for some
+# widths, which full whitening turns into 1e-6 rad). The rows go in parts of TASK_ROWS to all the
+# torch threads, each part on one core (a block of one part: BLAS on all of them), and the parts
+# are summed in order: the statistics do not depend on the thread count. Larger parts measured
+# faster than 2048 rows (fewer 2C x 2C results to add). On a GPU (and without threadpoolctl):
+# three torch matmuls.
+TASK_ROWS = 4096
 
 
 @dataclass
@@ -79,11 +92,23 @@ def rows_of(maps: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
-def _block(t: torch.Tensor, start: int, step: int, device: torch.device) -> torch.Tensor:
-    """Rows [start, start + step) of ``t`` as a fresh float64 tensor on ``device`` (a copy, so
-    that shifting it in place never touches the caller's data)."""
+def _block(t: torch.Tensor, start: int, step: int, device: torch.device,
+           shift: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows [start, start + step) of ``t`` as float64 on ``device``, minus ``shift``, in ``out`` (a
+    fresh tensor by default, so the caller's data is never touched)."""
     # move first, then widen: half the host-to-device traffic for float32 activations
-    return t[start:start + step].to(device).to(torch.float64, copy=True)
+    rows = t[start:start + step].to(device)
+    if out is None:
+        out = torch.empty(rows.shape, dtype=torch.float64, device=device)
+    out.copy_(rows)
+    # in place: torch.sub(float32 rows, float64 shift, out=...) would widen into a temporary first
+    return out if shift is None else out.sub_(shift)
+
+
+def _syrk(z: torch.Tensor) -> np.ndarray:
+    """z^T z of a CPU tensor, through numpy's BLAS syrk (the tensor shares its memory with the array)."""
+    zn = z.numpy()
+    return zn.T @ zn
 
 
 class Accumulator:
@@ -91,6 +116,10 @@ class Accumulator:
 
     ``x_shift`` pins the X-side shift (to share the source statistics across epochs); by default
     each side's shift is the column mean of its first block.
+
+    Internals: on a CPU each block's products come from one syrk of [X | Y] (see :data:`TASK_ROWS`):
+    the whole cost is the products the statistics need plus one pass that widens and shifts the
+    block into place.
     """
 
     def __init__(self, device: torch.device | str = "cpu", x_shift: torch.Tensor | None = None,
@@ -114,34 +143,65 @@ class Accumulator:
             raise FeatdynError(f"X has {x.shape[0]} rows but Y has {y.shape[0]}")
         budget = BLOCK_ELEMENTS.get(self.device.type, BLOCK_ELEMENTS["cpu"])
         step = max(1, budget // max(x.shape[1], 1))
+        syrk = self.device.type == "cpu" and threadpool_limits is not None
         for start in range(0, x.shape[0], step):
-            self._update_block(_block(x, start, step, self.device),
-                               _block(y, start, step, self.device) if y is not None else None)
+            stacked = None
+            if syrk and y is not None:  # both sides side by side, for one syrk
+                rows = min(step, x.shape[0] - start)
+                stacked = torch.empty(rows, x.shape[1] + y.shape[1], dtype=torch.float64)
+            xb = _block(x, start, step, self.device, self.x_shift, None if stacked is None else stacked[:, :x.shape[1]])
+            yb = None if y is None else _block(y, start, step, self.device, self.y_shift,
+                                               None if stacked is None else stacked[:, x.shape[1]:])
+            self._update_block(xb, yb, stacked)
 
-    def _update_block(self, xb: torch.Tensor, yb: torch.Tensor | None) -> None:
+    def _update_block(self, xb: torch.Tensor, yb: torch.Tensor | None, stacked: torch.Tensor | None = None) -> None:
+        """Add one float64 block; a side whose shift is already set arrives shifted (see :func:`_block`);
+        ``stacked`` is [xb | yb] when they are views of it (CPU)."""
         if self.x_shift is None:
             self.x_shift = xb.mean(0)
-        xb -= self.x_shift
+            xb -= self.x_shift
         if self.sx is None:
             c = xb.shape[1]
             self.sx = torch.zeros(c, dtype=torch.float64, device=self.device)
             self.xx = torch.zeros(c, c, dtype=torch.float64, device=self.device)
         self.sx += xb.sum(0)
-        if self.x_gram:
-            self.xx += xb.mT @ xb
         if yb is not None:
             if self.y_shift is None:
                 self.y_shift = yb.mean(0)
-            yb -= self.y_shift
+                yb -= self.y_shift
             if self.sy is None:
                 c = yb.shape[1]
                 self.sy = torch.zeros(c, dtype=torch.float64, device=self.device)
                 self.yy = torch.zeros(c, c, dtype=torch.float64, device=self.device)
                 self.xy = torch.zeros(self.xx.shape[0], c, dtype=torch.float64, device=self.device)
             self.sy += yb.sum(0)
-            self.yy += yb.mT @ yb
-            self.xy += xb.mT @ yb
+        if stacked is not None or (yb is None and self.x_gram and self.device.type == "cpu"
+                                   and threadpool_limits is not None):
+            self._products_cpu(xb, yb, stacked)
+        else:
+            if self.x_gram:
+                self.xx.addmm_(xb.mT, xb)
+            if yb is not None:
+                self.yy.addmm_(yb.mT, yb)
+                self.xy.addmm_(xb.mT, yb)
         self.n += xb.shape[0]
+
+    def _products_cpu(self, xb: torch.Tensor, yb: torch.Tensor | None, stacked: torch.Tensor | None) -> None:
+        """One syrk of [X | Y] (of X alone without Y) in row parts on all threads, summed in order."""
+        z = stacked if stacked is not None else xb
+        parts = [z[lo:lo + TASK_ROWS] for lo in range(0, z.shape[0], TASK_ROWS)]
+        workers = cpu_workers()
+        with blas_threads(1 if len(parts) > 1 else workers):  # OpenBLAS's threads keep every entry's bits
+            done = parallel_map(_syrk, parts, workers)
+        g = done[0]
+        for part in done[1:]:
+            g += part
+        c = xb.shape[1]
+        targets = [(self.xx, g)] if yb is None else [(self.yy, g[c:, c:]), (self.xy, g[:c, c:])]
+        if yb is not None and self.x_gram:
+            targets.append((self.xx, g[:c, :c]))
+        for acc, block in targets:
+            np.add(acc.numpy(), block, out=acc.numpy())
 
     def side(self) -> SideStats:
         if self.n == 0:
