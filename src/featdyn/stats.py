@@ -108,7 +108,10 @@ def _block(t: torch.Tensor, start: int, step: int, device: torch.device,
 def _syrk(z: torch.Tensor) -> np.ndarray:
     """z^T z of a CPU tensor, through numpy's BLAS syrk (the tensor shares its memory with the array)."""
     zn = z.numpy()
-    return zn.T @ zn
+    # an overflow is reported by the statistics' own check (FeatdynError naming it), not as a
+    # bare numpy RuntimeWarning from a worker thread first
+    with np.errstate(over="ignore", invalid="ignore"):
+        return zn.T @ zn
 
 
 class Accumulator:
