@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from . import FeatdynError
+
 try:  # limits numpy's BLAS threads (OpenBLAS); without it numpy keeps its own thread count
     from threadpoolctl import ThreadpoolController, threadpool_limits
 except ImportError:  # pragma: no cover - threadpoolctl is pinned in requirements.txt
@@ -53,6 +55,17 @@ def resolve_device(device: torch.device | str | None = None, like: object = None
     if isinstance(like, torch.Tensor) and like.is_cuda:
         return like.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """The config's ``device`` ('auto', 'cpu', 'cuda[:k]'); asking for CUDA without a GPU is an error.
+
+    Here, not in :mod:`featdyn.training`, so that the statistics jobs choose their device without
+    importing torchvision (whose import pulls in torch._dynamo: ~4 s a job on a 2-core CPU)."""
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise FeatdynError(f"device: {requested!r} requested but torch sees no CUDA GPU here "
+                           f"(use 'auto' or 'cpu')")
+    return resolve_device(requested)
 
 
 def as_tensor(a, device: torch.device | str | None = None) -> torch.Tensor:

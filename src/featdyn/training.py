@@ -39,7 +39,7 @@ from . import FeatdynError
 from .atomic import atomic_path, remove_stale_temporaries, write_error
 from .finite import describe_nonfinite, peak
 from .hyperparams import IMAGENET_MEAN, IMAGENET_STD, TrainConfig, epoch_params  # noqa: F401 - re-exported
-from .linalg import resolve_device
+from .linalg import pick_device  # noqa: F401 - re-exported (the training API takes a device)
 from .models import build_model, build_source_model
 from .prefetch import ordered_map
 from .progress import Progress
@@ -50,14 +50,6 @@ if TYPE_CHECKING:  # datasets needs pandas; the training loop itself does not
 log = logging.getLogger("featdyn.training")
 
 CHECKPOINT_FORMAT = 3
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """The config's ``device`` ('auto', 'cpu', 'cuda[:k]'); asking for CUDA without a GPU is an error."""
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise FeatdynError(f"device: {requested!r} requested but torch sees no CUDA GPU here "
-                           f"(use 'auto' or 'cpu')")
-    return resolve_device(requested)
 
 
 def _flag(value: bool | str, device: torch.device) -> bool:

@@ -57,7 +57,7 @@ rule prepare_dataset:
     conda:
         "../../envs/featdyn.yaml"
     # Decoding runs on every thread; memory stays small (the cache is filled through a memory map).
-    threads: 8
+    threads: config["threads"]["prepare_dataset"]
     resources:
         mem_mb=retry_mem(4000),
     params:

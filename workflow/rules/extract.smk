@@ -15,7 +15,7 @@ rule extract:
         "results/benchmarks/extract/{model}/{dataset}/epoch_{epoch}.tsv"
     conda:
         "../../envs/featdyn.yaml"
-    threads: 4
+    threads: config["threads"]["extract"]
     resources:
         mem_mb=retry_mem(8000),
         gpu=1,

@@ -46,7 +46,7 @@ rule finetune_epoch:
     # On a GPU: one thread launches kernels, the others gather batches from the cache. On a CPU
     # every thread computes. Host memory: weights and optimizer state in and out (VGG19: 0.55 GB
     # and, with Adam, 1.1 GB) plus torch and the CUDA context; a retry gets twice as much.
-    threads: 4
+    threads: config["threads"]["finetune_epoch"]
     resources:
         mem_mb=retry_mem(12000),
         gpu=1,

@@ -21,7 +21,7 @@ rule source_stats:
         "results/benchmarks/source_stats/{model}/{dataset}.tsv"
     conda:
         "../../envs/featdyn.yaml"
-    threads: 2
+    threads: config["threads"]["source_stats"]
     resources:
         mem_mb=retry_mem(4000),
         gpu=1,
@@ -51,7 +51,7 @@ rule layer_stats:
         "results/benchmarks/layer_stats/{model}/{dataset}/epoch_{epoch}.tsv"
     conda:
         "../../envs/featdyn.yaml"
-    threads: 2
+    threads: config["threads"]["layer_stats"]
     resources:
         mem_mb=retry_mem(4000),
         gpu=1,
@@ -81,7 +81,7 @@ rule filter_scores:
         metric="|".join(FILTER_METRICS) or "(?!)",
     conda:
         "../../envs/featdyn.yaml"
-    threads: 2
+    threads: config["threads"]["filter_scores"]
     resources:
         mem_mb=retry_mem(8000),
         gpu=1,
@@ -109,7 +109,7 @@ rule score:
     # The bootstrap evaluates the metric once per resample, layer and epoch: on the GPU when there
     # is one, else on one CPU thread (small C x C decompositions; two score jobs share two cores),
     # with the per-group statistics of a whole epoch in memory.
-    threads: 1
+    threads: config["threads"]["score"]
     resources:
         mem_mb=retry_mem(8000),
         gpu=1,

@@ -3,7 +3,7 @@ from featdyn.progress import job_setup
 from featdyn.similarity import filter_tables_from_stores
 from featdyn.stores import expected_attrs
 from featdyn.tables import write_csv
-from featdyn.training import pick_device
+from featdyn.linalg import pick_device
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="filter_scores")
 w, i, p = snakemake.wildcards, snakemake.input, snakemake.params

@@ -2,7 +2,7 @@ from featdyn.progress import job_setup
 from featdyn.similarity import source_group_stats_from_store
 from featdyn.stats import save_group_sides, save_sides
 from featdyn.stores import expected_attrs
-from featdyn.training import pick_device
+from featdyn.linalg import pick_device
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="source_stats")
 w, i = snakemake.wildcards, snakemake.input
