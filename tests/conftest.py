@@ -83,6 +83,9 @@ def tiny_config(tmp: Path, **over) -> Path:
         "probe": {"per_class": 3, "seed": 0},
         "training": {"epochs": 2, "batch_size": 8, "lr": 1e-3},
         "extraction": {"batch_size": 4},
+        # one thread per job, as in the demo: two jobs at a time on the CI's 2 cores
+        "threads": {r: 1 for r in ("prepare_dataset", "finetune_epoch", "extract", "source_stats", "layer_stats",
+                                   "filter_scores", "score")},
         "metrics": {"procrustes": {"kind": "procrustes"}, "pwsm": {"kind": "pwsm", "alpha": 0.5},
                     "procrustes_f": {"kind": "procrustes", "granularity": "filter"},
                     "cka_f": {"kind": "cka", "granularity": "filter"}},

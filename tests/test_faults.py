@@ -253,6 +253,7 @@ BASE = {"models": {"m": {"arch": "mobilenet_v2", "weights": None}}, "datasets": 
     (["models", "m", "training"], "epoch", "models.m.training.epochs"),  # three levels down
     (["datasets", "d", "training"], "momentom", "datasets.d.training.momentum"),
     (["metrics", "p"], "alfa", "metrics.p.alpha"),     # a metric block
+    (["threads"], "layer_stat", "threads.layer_stats"),  # a rule name
 ])
 def test_a_misspelt_key_is_refused_with_the_closest_valid_key(where, key, wanted):
     cfg = copy.deepcopy(BASE)
@@ -264,6 +265,18 @@ def test_a_misspelt_key_is_refused_with_the_closest_valid_key(where, key, wanted
     with pytest.raises(FeatdynError, match=rf"unknown key '{full}' \(did you mean '{wanted}'\?\)"):
         check_keys(cfg, SCHEMA)
     check_keys(BASE, SCHEMA)
+
+
+def test_a_thread_count_below_one_is_refused_naming_the_rule():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+    cfg = {**copy.deepcopy(BASE), "threads": {"score": 0}}
+    with pytest.raises(WorkflowError, match=r"(?s)minimum of 1.*\['threads'\]\['score'\]"):
+        validate(cfg, str(SCHEMA))
+    ok = {**copy.deepcopy(BASE), "threads": {"score": 3}}
+    validate(ok, str(SCHEMA))
+    assert ok["threads"] == {"score": 3, "prepare_dataset": 8, "finetune_epoch": 4, "extract": 4,
+                             "source_stats": 2, "layer_stats": 2, "filter_scores": 2}  # the rules' defaults
 
 
 def test_an_unknown_key_without_a_close_match_lists_the_valid_ones():

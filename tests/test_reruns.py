@@ -73,6 +73,7 @@ def test_settings_that_change_no_result_rerun_nothing(run):
         c["training"]["eval_batch_size"] = 5  # evaluation only
         c["device"] = "auto"  # the tiny run used cpu; auto is cpu here too
         c["retention"] = {"activations": "drop", "final_state": "keep"}  # what is kept from now on
+        c["threads"] = {"finetune_epoch": 2, "layer_stats": 2, "score": 2}  # how many cores, not what
     assert dry_jobs(run, changed_config(run, change)) == []
 
 
