@@ -101,11 +101,6 @@ def _deflate_with_sums(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return maps[..., 1:] - shift, sums
 
 
-def _deflate(maps: torch.Tensor) -> torch.Tensor:
-    """The deflated maps of :func:`_deflate_with_sums`."""
-    return _deflate_with_sums(maps)[0]
-
-
 def _rank_bound(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """An upper bound of rank(A*^T B*) from the raw maps' zero pattern: M = sum over rows h of
     a*_h b*_h^T counts only rows non-zero in both centred maps (a row is zero once centred exactly
