@@ -23,9 +23,10 @@ from featdyn.engine.metrics import METRICS, DegenerateWarning, distance
 from metric_reference import KINDS, centred, make_data, make_pair, single_thread  # noqa: F401 (autouse fixture)
 
 # Each metric with the parameter values to test (pwsm: CCA's end, the middle, Procrustes' end).
+# cka: the plug-in and the debiased (unbiased HSIC) estimator.
 CASES = [(name, {}) for name in METRICS if not METRICS[name].params] + \
-        [("pwsm", {"alpha": a}) for a in (0.0, 0.5, 1.0)]
-IDS = [f"{n}{p.get('alpha', '')}" for n, p in CASES]
+        [("pwsm", {"alpha": a}) for a in (0.0, 0.5, 1.0)] + [("cka", {"debiased": b}) for b in (False, True)]
+IDS = [f"{n}{p.get('alpha', '')}{'_debiased' if p.get('debiased') else ''}" for n, p in CASES]
 
 TRANSFORMS = ("orthogonal", "isotropic_scaling", "translation", "invertible_linear", "zero_padding")
 INVARIANT_ATOL = 1e-7   # angles carry ~sqrt(eps) near 0 and eps * cond^2 on ill-conditioned data
@@ -84,7 +85,7 @@ def test_identity_is_zero_and_symmetry(name, params, args):
 @given(args=data_args)
 def test_bounds(name, params, args):
     x, y, _ = sample(args)
-    lo, hi = METRICS[name].bounds
+    lo, hi = METRICS[name].bounds_for(params)
     assert lo <= d(name, x, y, params) <= hi
 
 
@@ -96,7 +97,12 @@ def test_upper_bound_is_reached_by_orthogonal_representations(name, params):
     basis = q - q.mean(0)
     basis = np.linalg.qr(basis)[0]
     x, y = basis[:, :3] @ rng.standard_normal((3, 3)), basis[:, 3:] @ rng.standard_normal((3, 3))
-    assert d(name, x + 5, y - 2, params) == pytest.approx(METRICS[name].bounds[1], abs=1e-9)
+    if params.get("debiased"):
+        # the unbiased HSIC of orthogonal column spaces is not 0 but slightly negative (its bias
+        # correction), so 1 - CKA lies just above the plug-in estimator's maximum of 1 and below 2
+        assert 1.0 < d(name, x + 5, y - 2, params) < METRICS[name].bounds_for(params)[1]
+        return
+    assert d(name, x + 5, y - 2, params) == pytest.approx(METRICS[name].bounds_for(params)[1], abs=1e-9)
 
 
 @pytest.mark.parametrize(("name", "params"), CASES, ids=IDS)

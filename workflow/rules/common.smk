@@ -12,6 +12,7 @@ from featdyn.spec import config as fdconfig
 from featdyn.spec import fingerprints
 from featdyn.engine.bootstrap import BootstrapSpec
 from featdyn.spec.hyperparams import epoch_params
+from featdyn.spec.replicates import REP_PATTERN, rep_index, rep_suffix, replicate_pairs, replicates_of
 
 if workflow.is_main_process:
     # JOB_FEATDYN (Snakefile): the featdyn that jobs would import before this process's src/
@@ -33,6 +34,21 @@ MODELS = list(config["models"])
 DATASETS = list(config["datasets"])
 METRICS = list(config["metrics"])
 RUNS = [(m, d) for m in MODELS for d in DATASETS]
+
+
+# Training replicates (featdyn.spec.replicates): k chains per run, differing only in their seed.
+# Replicate 0 keeps the paths of a run without replicates; replicate r >= 1 adds a `rep<r>` folder
+# after the dataset, through the {rep} wildcard ('' or '/rep<r>').
+def replicates(model, dataset):
+    return replicates_of(config, model, dataset)
+
+
+def reps_of(model, dataset):
+    """The {rep} values of a run's replicates: '', '/rep1', ..."""
+    return [rep_suffix(r) for r in range(replicates(model, dataset))]
+
+
+RUN_REPS = [(m, d, rep) for m, d in RUNS for rep in reps_of(m, d)]
 
 
 def script_code(name):
@@ -63,7 +79,7 @@ def data_files(dataset):
 
 
 def training_params(wildcards):
-    return fdconfig.training_config(config, wildcards.model, wildcards.dataset)
+    return fdconfig.training_config(config, wildcards.model, wildcards.dataset, rep_index(wildcards.get("rep", "")))
 
 
 def epoch_training(wildcards):
@@ -80,13 +96,13 @@ def analysed_epochs(model, dataset):
     return fdconfig.analysed_epochs(config, model, dataset)
 
 
-def checkpoint_file(model, dataset, epoch):
-    return f"results/checkpoints/{model}/{dataset}/epoch_{epoch}.pt"
+def checkpoint_file(model, dataset, epoch, rep=""):
+    return f"results/checkpoints/{model}/{dataset}{rep}/epoch_{epoch}.pt"
 
 
-def resume_file(model, dataset, epoch):
+def resume_file(model, dataset, epoch, rep=""):
     """The optimizer state of an epoch (featdyn.nets.training.resume_path): temp(), read by the next epoch only."""
-    return f"results/checkpoints/{model}/{dataset}/epoch_{epoch}.resume.pt"
+    return f"results/checkpoints/{model}/{dataset}{rep}/epoch_{epoch}.resume.pt"
 
 
 def kept_resume_states():
@@ -96,15 +112,15 @@ def kept_resume_states():
     if config.get("retention", {}).get("final_state", "keep") == "drop":
         return []
     wanted = []
-    for m, d in RUNS:
+    for m, d, rep in RUN_REPS:
         t = final_epoch(m, d)
-        if os.path.exists(resume_file(m, d, t)) or not os.path.exists(checkpoint_file(m, d, t)):
-            wanted.append(resume_file(m, d, t))
+        if os.path.exists(resume_file(m, d, t, rep)) or not os.path.exists(checkpoint_file(m, d, t, rep)):
+            wanted.append(resume_file(m, d, t, rep))
     return wanted
 
 
-def store_dir(model, dataset, epoch):
-    return f"results/activations/{model}/{dataset}/epoch_{epoch}.zarr"
+def store_dir(model, dataset, epoch, rep=""):
+    return f"results/activations/{model}/{dataset}{rep}/epoch_{epoch}.zarr"
 
 
 def metric_block(wildcards):
@@ -145,37 +161,61 @@ def model_width(wildcards):
 
 def finetune_inputs(wildcards):
     inputs = data_files(wildcards.dataset)
-    epoch = int(wildcards.epoch)
-    if epoch == 0:
+    epoch, rep = int(wildcards.epoch), wildcards.rep
+    if epoch == 0:  # every replicate starts from the same source weights
         inputs["weights"] = f"results/weights/{wildcards.model}.pt"
     else:
-        inputs["previous"] = checkpoint_file(wildcards.model, wildcards.dataset, epoch - 1)
+        inputs["previous"] = checkpoint_file(wildcards.model, wildcards.dataset, epoch - 1, rep)
     if epoch >= 2:  # epoch 1 starts a fresh optimizer: epoch 0's state is read by no job
-        inputs["previous_state"] = resume_file(wildcards.model, wildcards.dataset, epoch - 1)
+        inputs["previous_state"] = resume_file(wildcards.model, wildcards.dataset, epoch - 1, rep)
     return inputs
 
 
 FILTER_METRICS = [m for m in METRICS if fdconfig.metric_params(config, m)["granularity"] == "filter"]
 
 
-def filter_table(metric, model, dataset, epoch):
-    return f"results/filters/{metric}/{model}/{dataset}/epoch_{epoch}.csv"
+def filter_table(metric, model, dataset, epoch, rep=""):
+    return f"results/filters/{metric}/{model}/{dataset}{rep}/epoch_{epoch}.csv"
+
+
+def stats_file(model, dataset, name, rep=""):
+    return f"results/stats/{model}/{dataset}{rep}/{name}.npz"
+
+
+def replicate_stats_file(model, dataset, a, b, epoch):
+    """Statistics of replicates a and b at one epoch (the noise floor)."""
+    return f"results/stats/{model}/{dataset}/replicates/{a}-{b}/epoch_{epoch}.npz"
+
+
+def null_file(model, dataset):
+    """Statistics of the permutation null (replicate 0's source store against itself, images permuted)."""
+    return f"results/stats/{model}/{dataset}/null.npz"
+
+
+# The permutation null (featdyn.engine.noise): a few seeded permutations of the probe images.
+NULL = {"permutations": 3, "seed": 0} | (config.get("permutation_null") or {})
 
 
 def score_inputs(wildcards):
+    """Every replicate's statistics (lists ordered replicate by replicate, epoch by epoch), the
+    statistics of every replicate pair at every epoch, and the permutation null's (layer metrics)."""
     m, d = wildcards.model, wildcards.dataset
-    epochs = analysed_epochs(m, d)
+    epochs, reps = analysed_epochs(m, d), reps_of(m, d)
     if wildcards.metric in FILTER_METRICS:
         return {
-            "epochs": [filter_table(wildcards.metric, m, d, e) for e in epochs],
-            "groups": [filter_groups(wildcards.metric, m, d, e) for e in epochs],
+            "epochs": [filter_table(wildcards.metric, m, d, e, r) for r in reps for e in epochs],
+            "groups": [filter_groups(wildcards.metric, m, d, e, r) for r in reps for e in epochs],
         }
-    return {
-        "source": f"results/stats/{m}/{d}/source.npz",
-        "epochs": [f"results/stats/{m}/{d}/epoch_{e}.npz" for e in epochs],
-        "source_groups": stats_groups(m, d, "source"),
-        "groups": [stats_groups(m, d, f"epoch_{e}") for e in epochs],
+    inputs = {
+        "source": [stats_file(m, d, "source", r) for r in reps],
+        "epochs": [stats_file(m, d, f"epoch_{e}", r) for r in reps for e in epochs],
+        "source_groups": [stats_groups(m, d, "source", r) for r in reps],
+        "groups": [stats_groups(m, d, f"epoch_{e}", r) for r in reps for e in epochs],
+        "pairs": [replicate_stats_file(m, d, a, b, e) for a, b in replicate_pairs(len(reps)) for e in epochs],
     }
+    if NULL["permutations"]:
+        inputs["null"] = null_file(m, d)
+    return inputs
 
 
 ALL_SCORES = [f"results/scores/{s}/{m}/{d}.csv" for s in METRICS for m, d in RUNS]
@@ -189,12 +229,12 @@ except (FeatdynError, TypeError) as exc:
     raise WorkflowError(f"bootstrap: {exc}") from None
 
 
-def stats_groups(model, dataset, name):
-    return f"results/stats/{model}/{dataset}/groups/{name}.npz"
+def stats_groups(model, dataset, name, rep=""):
+    return f"results/stats/{model}/{dataset}{rep}/groups/{name}.npz"
 
 
-def filter_groups(metric, model, dataset, epoch):
-    return f"results/filters/{metric}/{model}/{dataset}/groups/epoch_{epoch}.npz"
+def filter_groups(metric, model, dataset, epoch, rep=""):
+    return f"results/filters/{metric}/{model}/{dataset}{rep}/groups/epoch_{epoch}.npz"
 
 
 def replicates_file(metric, model, dataset):
@@ -217,18 +257,18 @@ FILTER_TABLES = (
 # is removed), and may report "Nothing to be done": say so at start-up, with the command.
 def kept_intermediates():
     files = {}
-    for m, d in RUNS:
+    for m, d, r in RUN_REPS:
         for e in range(final_epoch(m, d) + 1):
-            files[f"results/checkpoints/{m}/{d}/epoch_{e}.json"] = "finetune_epoch"
+            files[f"results/checkpoints/{m}/{d}{r}/epoch_{e}.json"] = "finetune_epoch"
         for e in analysed_epochs(m, d):
             if config.get("retention", {}).get("activations", "keep") == "keep":  # dropped ones are meant to go
-                files[store_dir(m, d, e)] = "extract"
+                files[store_dir(m, d, e, r)] = "extract"
             for s in FILTER_METRICS:
-                files[filter_table(s, m, d, e)] = "filter_scores"
-                files[filter_groups(s, m, d, e)] = "filter_scores"
+                files[filter_table(s, m, d, e, r)] = "filter_scores"
+                files[filter_groups(s, m, d, e, r)] = "filter_scores"
             if len(FILTER_METRICS) < len(METRICS):
-                files[f"results/stats/{m}/{d}/epoch_{e}.npz"] = "layer_stats"
-                files[stats_groups(m, d, f"epoch_{e}")] = "layer_stats"
+                files[stats_file(m, d, f"epoch_{e}", r)] = "layer_stats"
+                files[stats_groups(m, d, f"epoch_{e}", r)] = "layer_stats"
     return files
 
 

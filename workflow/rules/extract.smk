@@ -6,13 +6,13 @@ rule extract:
     input:
         **data_files("{dataset}"),
         # the file whose sha256 the store records; the similarity rules hash the same checkpoint_file
-        checkpoint=checkpoint_file("{model}", "{dataset}", "{epoch}"),
+        checkpoint=checkpoint_file("{model}", "{dataset}", "{epoch}", "{rep}"),
     output:
-        retained(directory("results/activations/{model}/{dataset}/epoch_{epoch}.zarr"), "activations"),
+        retained(directory(store_dir("{model}", "{dataset}", "{epoch}", "{rep}")), "activations"),
     log:
-        "results/logs/extract/{model}/{dataset}/epoch_{epoch}.log",
+        "results/logs/extract/{model}/{dataset}{rep}/epoch_{epoch}.log",
     benchmark:
-        "results/benchmarks/extract/{model}/{dataset}/epoch_{epoch}.tsv"
+        "results/benchmarks/extract/{model}/{dataset}{rep}/epoch_{epoch}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     threads: config["threads"]["extract"]

@@ -29,18 +29,19 @@ rule fetch_weights:
 # next epoch reads it, so temp(); the last epoch's is kept by the default target). The params
 # hold only what this epoch's result depends on: a new lr reruns epochs >= 1, not epoch 0; more
 # epochs add jobs without retraining; eval_batch_size and device are read from the config by the
-# script and rerun nothing.
+# script and rerun nothing. Each training replicate ({rep}: '' or '/rep<r>') is its own chain, from
+# the same source weights, with its own seed.
 rule finetune_epoch:
     input:
         unpack(finetune_inputs),
     output:
-        checkpoint="results/checkpoints/{model}/{dataset}/epoch_{epoch}.pt",
-        state=temp("results/checkpoints/{model}/{dataset}/epoch_{epoch}.resume.pt"),
-        metrics="results/checkpoints/{model}/{dataset}/epoch_{epoch}.json",
+        checkpoint="results/checkpoints/{model}/{dataset}{rep}/epoch_{epoch}.pt",
+        state=temp("results/checkpoints/{model}/{dataset}{rep}/epoch_{epoch}.resume.pt"),
+        metrics="results/checkpoints/{model}/{dataset}{rep}/epoch_{epoch}.json",
     log:
-        "results/logs/finetune_epoch/{model}/{dataset}/epoch_{epoch}.log",
+        "results/logs/finetune_epoch/{model}/{dataset}{rep}/epoch_{epoch}.log",
     benchmark:
-        "results/benchmarks/finetune_epoch/{model}/{dataset}/epoch_{epoch}.tsv"
+        "results/benchmarks/finetune_epoch/{model}/{dataset}{rep}/epoch_{epoch}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     # On a GPU: one thread launches kernels, the others gather batches from the cache. On a CPU

@@ -4,21 +4,23 @@
 # stores' maps directly, one GPU job per (metric, model, dataset, epoch). Every store is checked
 # against what the job expects (epoch, the sha256 of its checkpoint, model, dataset, layers, probe set).
 # Every statistics job also keeps its statistics per image group (`groups` output) for the bootstrap
-# intervals of the scores.
+# intervals of the scores. Each training replicate ({rep}: '' or '/rep<r>') has its own statistics
+# against its own epoch 0; `replicate_stats` compares two replicates at the same epoch (the noise
+# floor) and `null_stats` a layer with itself, probe images permuted (the permutation null).
 
 
 rule source_stats:
     input:
-        store=lambda w: store_dir(w.model, w.dataset, 0),
+        store=lambda w: store_dir(w.model, w.dataset, 0, w.rep),
         summary=lambda w: data_files(w.dataset)["summary"],
-        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
+        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0, w.rep),
     output:
-        "results/stats/{model}/{dataset}/source.npz",
-        groups=stats_groups("{model}", "{dataset}", "source"),
+        stats_file("{model}", "{dataset}", "source", "{rep}"),
+        groups=stats_groups("{model}", "{dataset}", "source", "{rep}"),
     log:
-        "results/logs/source_stats/{model}/{dataset}.log",
+        "results/logs/source_stats/{model}/{dataset}{rep}.log",
     benchmark:
-        "results/benchmarks/source_stats/{model}/{dataset}.tsv"
+        "results/benchmarks/source_stats/{model}/{dataset}{rep}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     threads: config["threads"]["source_stats"]
@@ -35,20 +37,20 @@ rule source_stats:
 
 rule layer_stats:
     input:
-        source_store=lambda w: store_dir(w.model, w.dataset, 0),
-        store=lambda w: store_dir(w.model, w.dataset, w.epoch),
-        source_stats="results/stats/{model}/{dataset}/source.npz",
-        source_groups=stats_groups("{model}", "{dataset}", "source"),
+        source_store=lambda w: store_dir(w.model, w.dataset, 0, w.rep),
+        store=lambda w: store_dir(w.model, w.dataset, w.epoch, w.rep),
+        source_stats=stats_file("{model}", "{dataset}", "source", "{rep}"),
+        source_groups=stats_groups("{model}", "{dataset}", "source", "{rep}"),
         summary=lambda w: data_files(w.dataset)["summary"],
-        source_checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
-        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch),
+        source_checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0, w.rep),
+        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch, w.rep),
     output:
-        "results/stats/{model}/{dataset}/epoch_{epoch}.npz",
-        groups=stats_groups("{model}", "{dataset}", "epoch_{epoch}"),
+        stats_file("{model}", "{dataset}", "epoch_{epoch}", "{rep}"),
+        groups=stats_groups("{model}", "{dataset}", "epoch_{epoch}", "{rep}"),
     log:
-        "results/logs/layer_stats/{model}/{dataset}/epoch_{epoch}.log",
+        "results/logs/layer_stats/{model}/{dataset}{rep}/epoch_{epoch}.log",
     benchmark:
-        "results/benchmarks/layer_stats/{model}/{dataset}/epoch_{epoch}.tsv"
+        "results/benchmarks/layer_stats/{model}/{dataset}{rep}/epoch_{epoch}.tsv"
     conda:
         "../../envs/featdyn.yaml"
     threads: config["threads"]["layer_stats"]
@@ -65,18 +67,18 @@ rule layer_stats:
 
 rule filter_scores:
     input:
-        source_store=lambda w: store_dir(w.model, w.dataset, 0),
-        store=lambda w: store_dir(w.model, w.dataset, w.epoch),
+        source_store=lambda w: store_dir(w.model, w.dataset, 0, w.rep),
+        store=lambda w: store_dir(w.model, w.dataset, w.epoch, w.rep),
         summary=lambda w: data_files(w.dataset)["summary"],
-        source_checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
-        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch),
+        source_checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0, w.rep),
+        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch, w.rep),
     output:
-        filter_table("{metric}", "{model}", "{dataset}", "{epoch}"),
-        groups=filter_groups("{metric}", "{model}", "{dataset}", "{epoch}"),
+        filter_table("{metric}", "{model}", "{dataset}", "{epoch}", "{rep}"),
+        groups=filter_groups("{metric}", "{model}", "{dataset}", "{epoch}", "{rep}"),
     log:
-        "results/logs/filter_scores/{metric}/{model}/{dataset}/epoch_{epoch}.log",
+        "results/logs/filter_scores/{metric}/{model}/{dataset}{rep}/epoch_{epoch}.log",
     benchmark:
-        "results/benchmarks/filter_scores/{metric}/{model}/{dataset}/epoch_{epoch}.tsv"
+        "results/benchmarks/filter_scores/{metric}/{model}/{dataset}{rep}/epoch_{epoch}.tsv"
     wildcard_constraints:
         metric="|".join(FILTER_METRICS) or "(?!)",
     conda:
@@ -92,6 +94,63 @@ rule filter_scores:
         code=script_code("filter_scores.py"),
     script:
         "../scripts/filter_scores.py"
+
+
+
+
+rule replicate_stats:
+    input:
+        store_a=lambda w: store_dir(w.model, w.dataset, w.epoch, rep_suffix(w.a)),
+        store_b=lambda w: store_dir(w.model, w.dataset, w.epoch, rep_suffix(w.b)),
+        summary=lambda w: data_files(w.dataset)["summary"],
+        checkpoint_a=lambda w: checkpoint_file(w.model, w.dataset, w.epoch, rep_suffix(w.a)),
+        checkpoint_b=lambda w: checkpoint_file(w.model, w.dataset, w.epoch, rep_suffix(w.b)),
+    output:
+        replicate_stats_file("{model}", "{dataset}", "{a}", "{b}", "{epoch}"),
+    log:
+        "results/logs/replicate_stats/{model}/{dataset}/{a}-{b}/epoch_{epoch}.log",
+    benchmark:
+        "results/benchmarks/replicate_stats/{model}/{dataset}/{a}-{b}/epoch_{epoch}.tsv"
+    wildcard_constraints:
+        a=r"\d+",
+        b=r"\d+",
+    conda:
+        "../../envs/featdyn.yaml"
+    threads: config["threads"]["layer_stats"]
+    resources:
+        mem_mb=retry_mem(4000),
+        gpu=1,
+    params:
+        layers=lambda w: fdconfig.layers_of(config, w.model),
+        code=script_code("replicate_stats.py"),
+    script:
+        "../scripts/replicate_stats.py"
+
+
+rule null_stats:
+    input:
+        store=lambda w: store_dir(w.model, w.dataset, 0),
+        source_stats=stats_file("{model}", "{dataset}", "source"),
+        summary=lambda w: data_files(w.dataset)["summary"],
+        checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
+    output:
+        null_file("{model}", "{dataset}"),
+    log:
+        "results/logs/null_stats/{model}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/null_stats/{model}/{dataset}.tsv"
+    conda:
+        "../../envs/featdyn.yaml"
+    threads: config["threads"]["layer_stats"]
+    resources:
+        mem_mb=retry_mem(4000),
+        gpu=1,
+    params:
+        layers=lambda w: fdconfig.layers_of(config, w.model),
+        null=NULL,
+        code=script_code("null_stats.py"),
+    script:
+        "../scripts/null_stats.py"
 
 
 rule score:
@@ -116,6 +175,8 @@ rule score:
     params:
         metric=metric_block,
         epochs=lambda w: analysed_epochs(w.model, w.dataset),
+        k=lambda w: replicates(w.model, w.dataset),
+        null=NULL,
         bootstrap=asdict(BOOTSTRAP),
         code=script_code("score.py"),
     script:

@@ -9,21 +9,24 @@ from featdyn.nets.training import run_epoch
 from featdyn.progress import job_setup
 from featdyn.spec.config import training_config
 from featdyn.spec.hyperparams import TrainConfig, epoch_params
+from featdyn.spec.replicates import rep_index
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="finetune_epoch")
 w, p = snakemake.wildcards, snakemake.params
-epoch = int(w.epoch)
+epoch, replicate = int(w.epoch), rep_index(w.rep)
 # The whole block, with the settings that change no checkpoint (epochs, eval_batch_size), from the
 # config; the params hold the part this epoch depends on (what reruns it), the same by construction.
-training = training_config(snakemake.config, w.model, w.dataset)
+training = training_config(snakemake.config, w.model, w.dataset, replicate)
 assert epoch_params(training, epoch) == p.training, (epoch_params(training, epoch), p.training)
 cache = ImageCache(snakemake.input.manifest.rsplit("/", 1)[0])
 device = pick_device(snakemake.config["device"])
-log.info("%s on %s, epoch %s, device %s, %d threads", w.model, w.dataset, w.epoch, device, torch.get_num_threads())
+log.info("%s on %s, replicate %d, epoch %s, device %s, %d threads", w.model, w.dataset, replicate, w.epoch, device,
+         torch.get_num_threads())
 row = run_epoch(epoch, p.arch, cache, TrainConfig.from_dict(training), snakemake.output.checkpoint,
                 weights_file=snakemake.input.get("weights"), previous=snakemake.input.get("previous"),
                 previous_state=snakemake.input.get("previous_state"), state_out=snakemake.output.state,
                 device=device, width=p.width, threads=snakemake.threads)
 # allow_nan=False: the JSON stays standard (a NaN loss has already stopped the job)
 write_text(snakemake.output.metrics,
-           json.dumps({"model": w.model, "dataset": w.dataset, **row}, indent=2, allow_nan=False))
+           json.dumps({"model": w.model, "dataset": w.dataset, **({"replicate": replicate} if replicate else {}), **row},
+                      indent=2, allow_nan=False))

@@ -4,11 +4,12 @@ from featdyn.atomic import write_text
 from featdyn.engine.bootstrap import Replicates
 from featdyn.progress import job_setup
 from featdyn.report.correlation import metric_correlation
+from featdyn.report.replicas import source_rows
 from featdyn.report.tables import frame_table, html_page, to_html, to_markdown, write_csv
 
 log = job_setup(snakemake.log[0], name="metric_correlation")
 out = snakemake.output
-scores = pd.concat([pd.read_csv(p) for p in snakemake.input.scores], ignore_index=True)
+scores = source_rows(pd.concat([pd.read_csv(p) for p in snakemake.input.scores], ignore_index=True))
 filters = pd.concat([pd.read_csv(p) for p in snakemake.input.filters], ignore_index=True) \
     if snakemake.input.filters else None
 keys = snakemake.params.replicate_keys

@@ -3,8 +3,10 @@ import pandas as pd
 from featdyn.atomic import write_text
 from featdyn.engine.bootstrap import BootstrapSpec, Replicates
 from featdyn.progress import job_setup
+from featdyn.report.replicas import source_rows
 from featdyn.report.tables import (
     html_page,
+    seeds_caption,
     table2,
     table2_best,
     table2_caption,
@@ -20,7 +22,8 @@ from featdyn.report.tables import (
 
 log = job_setup(snakemake.log[0], name="table2")
 p, out = snakemake.params, snakemake.output
-scores = pd.concat([pd.read_csv(path) for path in snakemake.input.scores], ignore_index=True)
+# the distances to the source, averaged over the training replicates (unchanged with one)
+scores = source_rows(pd.concat([pd.read_csv(path) for path in snakemake.input.scores], ignore_index=True))
 reps = {tuple(key): Replicates.load(path) for key, path in zip(p.replicate_keys, snakemake.input.replicates)}
 interval = BootstrapSpec.from_config(p.bootstrap).describe()
 
@@ -45,7 +48,7 @@ for m in (x for x in p.metrics if x in set(layers["metric"])):
         sub = layers[(layers["metric"] == m) & (layers["model"] == model)]
         layout = table2_layers_layout(layers, model, m, p.datasets)
         caption = table2_layers_caption(m, model, sub["granularity"].iloc[0], "; ".join(sorted(set(sub["epoch_list"]))),
-                                        interval)
+                                        interval) + seeds_caption(sub)
         title = f"Table 2 per layer ({model}, {m})"
         md.append(to_markdown(layout, title, caption=caption))
         tex.append(to_latex(layout, caption, f"tab:featdyn-layers-{model}-{m}"))

@@ -158,6 +158,24 @@ def bootstrap_interval(samples: np.ndarray, point, level: float, method: str = "
     return lo + shift, hi + shift
 
 
+def seed_interval(lo, hi, point, seed_samples: np.ndarray | None, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Widen an interval over the probe images [lo, hi] of the mean of k training replicates by
+    their spread: each half-width becomes sqrt(h^2 + (t s / sqrt(k))^2), s the replicates' sample
+    std, t Student's quantile with k - 1 degrees of freedom at ``level`` (docs/design.md,
+    "Intervals over images and seeds"). Unchanged with fewer than 2 replicates."""
+    lo, hi, point = (np.asarray(a, dtype=float) for a in (lo, hi, point))
+    if seed_samples is None or len(seed_samples) < 2:
+        return lo, hi
+    from scipy.stats import t as student_t
+
+    k = len(seed_samples)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        s = np.nanstd(np.asarray(seed_samples, dtype=float), axis=0, ddof=1)
+    w = float(student_t.ppf(0.5 + level / 2, k - 1)) * s / np.sqrt(k)
+    return point - np.hypot(point - lo, w), point + np.hypot(hi - point, w)
+
+
 def bias_free_mean(samples: np.ndarray, axis: int = 0) -> np.ndarray:
     """The replicates' mean (NaN replicates left out): minus the estimate, the bootstrap bias."""
     samples = np.asarray(samples, dtype=float)
@@ -266,11 +284,28 @@ class Replicates:
     epochs: list[int]
     level: float
     method: str = "centred"
+    # With k >= 2 training replicates: ``values`` are the resamples of the replicates' mean (the
+    # same image resamples for every replicate), ``seeds[r, l, e]`` each replicate's own estimate.
+    seeds: np.ndarray | None = None
 
     def save(self, path: str | os.PathLike) -> None:
+        extra = {} if self.seeds is None else {"seeds": self.seeds}
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez(tmp, values=self.values, layers=np.array(self.layers), epochs=np.array(self.epochs, np.int64),
-                     level=np.array(self.level), method=np.array(self.method))
+                     level=np.array(self.level), method=np.array(self.method), **extra)
+
+    @property
+    def k(self) -> int:
+        """Training replicates behind these numbers (1 without ``seeds``)."""
+        return 1 if self.seeds is None else int(self.seeds.shape[0])
+
+    def over_seeds(self) -> Replicates | None:
+        """The replicates' own estimates as a Replicates (``values`` = ``seeds``), so that any
+        reduction (:meth:`table2`, :meth:`per_layer`...) gives one value per training replicate;
+        None with fewer than 2 replicates."""
+        if self.seeds is None or self.seeds.shape[0] < 2:
+            return None
+        return Replicates(self.seeds, self.layers, self.epochs, self.level, self.method)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Replicates:
@@ -279,7 +314,7 @@ class Replicates:
         try:
             with np.load(path) as z:
                 reps = cls(z["values"], [str(s) for s in z["layers"]], [int(e) for e in z["epochs"]],
-                           float(z["level"]), str(z["method"]))
+                           float(z["level"]), str(z["method"]), z["seeds"] if "seeds" in z.files else None)
         except NPZ_ERRORS as exc:
             raise FeatdynError(f"cannot read bootstrap replicates {path}: {type(exc).__name__}: {exc} (truncated "
                                f"or damaged: remove it and rerun the score job that wrote it)") from exc

@@ -61,6 +61,13 @@ class MetricInfo:
     params: dict = field(default_factory=dict)
     kind: str = "distance"
     param_invariances: Callable[[dict], frozenset[str]] | None = None
+    # bounds that depend on the parameters (debiased CKA: [0, 2], its upper end not reached by
+    # orthogonal column spaces, whose unbiased HSIC is not exactly 0)
+    param_bounds: Callable[[dict], tuple[float, float]] | None = None
+
+    def bounds_for(self, params: dict | None = None) -> tuple[float, float]:
+        """The bounds at these parameter values (defaults filled in)."""
+        return self.param_bounds(self.params | (params or {})) if self.param_bounds else self.bounds
 
     def invariances_for(self, params: dict | None = None) -> frozenset[str]:
         """The invariances at these parameter values (defaults filled in)."""
@@ -203,11 +210,71 @@ def cca(s: PairStats) -> float:
     return pwsm(s, alpha=0.0)
 
 
-def cka(s: PairStats) -> float:
+def _hsic_terms(s: PairStats) -> tuple[float, float, float]:
+    """n (n - 3) times the unbiased HSIC (Song et al. 2012) of the linear kernels K = X X^T and
+    L = Y Y^T, for (K, L), (K, K) and (L, L), from streamed statistics instead of n x n matrices.
+
+    With K~, L~ the kernels with their diagonals set to 0 and 1 the ones vector,
+
+        n (n - 3) HSIC_u(K, L) = tr(K~ L~) + (1'K~1)(1'L~1) / ((n - 1)(n - 2)) - 2 / (n - 2) 1'K~L~1,
+
+    and, with a_i = ||x_i||^2, b_i = ||y_i||^2, s_x, s_y the column sums and M = X^T Y:
+    tr(K~ L~) = ||M||_F^2 - sum a_i b_i; 1'K~1 = ||s_x||^2 - sum a_i; 1'K~L~1 = sum_i (x_i.s_x - a_i)
+    (y_i.s_y - b_i) = s_x' M s_y - s_y.(sum a_i y_i) - s_x.(sum b_i x_i) + sum a_i b_i. The
+    estimator is exactly invariant to a translation of X or Y, so the statistics' shifted rows
+    serve as they are. Each side is first scaled by a power of two (exact) so that its rows' squared
+    norms sum to about 1: fourth powers of activations near 1e75 would overflow otherwise."""
+    n = float(s.n)
+    tx, ty = float(torch.trace(s.x.gram)), float(torch.trace(s.y.gram))
+    kx = math.frexp(tx)[1] if tx > 0 else 0
+    ky = math.frexp(ty)[1] if ty > 0 else 0
+    fx, fy = 2.0 ** -kx, 2.0 ** -ky  # squared-norm scale of each side (rows scaled by sqrt)
+
+    def hsic(m, sq_kl, sk, sl, tr_k, tr_l, k1l) -> float:
+        # m = ||M||_F^2, sq_kl = sum a b, sk / sl = 1'K1 / 1'L1 (uncorrected), tr_k / tr_l = sum a / sum b
+        kt, lt = sk - tr_k, sl - tr_l
+        return (m - sq_kl) + kt * lt / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * k1l
+
+    sx, sy, gx, gy, m = s.x.sum, s.y.sum, s.x.gram, s.y.gram, s.xy
+    kl = hsic(float(torch.linalg.matrix_norm(m)) ** 2 * fx * fy, float(s.ab) * fx * fy,
+              float(sx @ sx) * fx, float(sy @ sy) * fy, tx * fx, ty * fy,
+              (float(sx @ m @ sy) - float(sy @ s.rxy) - float(sx @ s.ryx) + float(s.ab)) * fx * fy)
+    kk = hsic(float(torch.linalg.matrix_norm(gx)) ** 2 * fx * fx, float(s.x.sq) * fx * fx,
+              float(sx @ sx) * fx, float(sx @ sx) * fx, tx * fx, tx * fx,
+              (float(sx @ gx @ sx) - 2 * float(sx @ s.x.q) + float(s.x.sq)) * fx * fx)
+    ll = hsic(float(torch.linalg.matrix_norm(gy)) ** 2 * fy * fy, float(s.y.sq) * fy * fy,
+              float(sy @ sy) * fy, float(sy @ sy) * fy, ty * fy, ty * fy,
+              (float(sy @ gy @ sy) - 2 * float(sy @ s.y.q) + float(s.y.sq)) * fy * fy)
+    return kl, kk, ll
+
+
+def cka_debiased(s: PairStats) -> float:
+    """One minus debiased linear CKA: 1 - HSIC_u(K, L) / sqrt(HSIC_u(K, K) HSIC_u(L, L)), the
+    unbiased HSIC estimator (:func:`_hsic_terms`) in place of the plug-in one. For independent
+    features it is centred near 0 (1 - CKA near 1) where the plug-in CKA is biased upwards at few
+    observations per feature; it can be negative (then 1 - CKA exceeds 1), in [0, 2] by the
+    Cauchy-Schwarz inequality of the U-centred inner product. Needs n >= 4 observations and the
+    per-observation statistics of :class:`featdyn.engine.stats.Accumulator`."""
+    if any(t is None for t in (s.x.sq, s.x.q, s.y.sq, s.y.q, s.ab, s.rxy, s.ryx)):
+        raise FeatdynError("debiased cka needs the per-observation statistics (sum of squared row norms); these "
+                           "statistics were accumulated without them: recompute them with this featdyn")
+    if s.n < 4:
+        return _undefined("cka (debiased): fewer than 4 observations")
+    kl, kk, ll = _hsic_terms(s)
+    if kk <= 0 or ll <= 0:
+        return _undefined("cka (debiased)")
+    return min(max(1.0 - kl / math.sqrt(kk * ll), 0.0), 2.0)
+
+
+def cka(s: PairStats, debiased: bool = False) -> float:
     """One minus linear CKA (Kornblith et al. 2019), in [0, 1]:
 
-        1 - ||Cxy||_F^2 / (||Cxx||_F ||Cyy||_F).
+        1 - ||Cxy||_F^2 / (||Cxx||_F ||Cyy||_F);
+
+    with ``debiased`` the unbiased HSIC estimator instead (:func:`cka_debiased`), in [0, 2].
     """
+    if debiased:
+        return cka_debiased(s)
     cxx, cyy, cxy = _scaled(s)
     nx, ny = float(torch.linalg.matrix_norm(cxx)), float(torch.linalg.matrix_norm(cyy))
     if nx <= 0 or ny <= 0:
@@ -217,6 +284,10 @@ def cka(s: PairStats) -> float:
 
 # zero_padding: appending dead (all-zero) units to a representation changes nothing.
 _SIMILARITY = frozenset({"orthogonal", "isotropic_scaling", "translation", "zero_padding"})
+
+
+def _cka_bounds(params: dict) -> tuple[float, float]:
+    return (0.0, 2.0) if params["debiased"] else (0.0, 1.0)
 
 
 def _pwsm_invariances(params: dict) -> frozenset[str]:
@@ -229,7 +300,8 @@ METRICS: dict[str, MetricInfo] = {
                              invariances=_SIMILARITY, bounds=(0.0, 1.0)),
     "pwsm": MetricInfo("pwsm", pwsm, symmetric=True, is_metric=True, invariances=_SIMILARITY,
                        bounds=(0.0, math.pi / 2), params=KIND_PARAMS["pwsm"], param_invariances=_pwsm_invariances),
-    "cka": MetricInfo("cka", cka, symmetric=True, is_metric=False, invariances=_SIMILARITY, bounds=(0.0, 1.0)),
+    "cka": MetricInfo("cka", cka, symmetric=True, is_metric=False, invariances=_SIMILARITY, bounds=(0.0, 1.0),
+                      params=KIND_PARAMS["cka"], param_bounds=_cka_bounds),
     "cca": MetricInfo("cca", cca, symmetric=True, is_metric=True,
                       invariances=_SIMILARITY | {"invertible_linear"}, bounds=(0.0, math.pi / 2)),
 }

@@ -47,12 +47,16 @@ TASK_ROWS = 4096
 
 @dataclass
 class SideStats:
-    """n, the shift, the column sums of (x - shift) and the Gram matrix of (x - shift)."""
+    """n, the shift, the column sums of (x - shift) and the Gram matrix of (x - shift); for the
+    unbiased HSIC (debiased CKA) also, with a_i = ||x_i - shift||^2 per observation, ``sq`` =
+    sum_i a_i^2 and ``q`` = sum_i a_i (x_i - shift) (None where not accumulated)."""
 
     n: int
     shift: torch.Tensor
     sum: torch.Tensor
     gram: torch.Tensor
+    sq: torch.Tensor | None = None
+    q: torch.Tensor | None = None
 
     def centered(self) -> torch.Tensor:
         """The centred scatter matrix Xc^T Xc."""
@@ -66,6 +70,11 @@ class PairStats:
     x: SideStats
     y: SideStats
     xy: torch.Tensor  # sum of (x - shift_x)^T (y - shift_y)
+    # The unbiased HSIC's cross terms (a_i, b_i: the squared norms of the shifted rows of X and Y):
+    # sum_i a_i b_i, sum_i a_i y_i and sum_i b_i x_i (None where not accumulated).
+    ab: torch.Tensor | None = None
+    rxy: torch.Tensor | None = None
+    ryx: torch.Tensor | None = None
     # Decompositions shared by the metrics computed from these statistics (pwsm at several alphas
     # and cca reuse one eigendecomposition per side).
     cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -133,6 +142,8 @@ class Accumulator:
         self.x_shift = None if x_shift is None else as_tensor(x_shift, self.device)
         self.y_shift: torch.Tensor | None = None
         self.sx = self.sy = self.xx = self.yy = self.xy = None
+        # the unbiased HSIC's per-observation terms (FOURTH_KEYS): O(n C) a block, beside the O(n C^2) products
+        self.fourth: dict[str, torch.Tensor] = {}
 
     def update(self, x, y=None) -> None:
         """Add the rows of ``x`` (and the matching rows of ``y``); maps are flattened by :func:`rows_of`."""
@@ -178,6 +189,7 @@ class Accumulator:
                 self.yy = torch.zeros(c, c, dtype=torch.float64, device=self.device)
                 self.xy = torch.zeros(self.xx.shape[0], c, dtype=torch.float64, device=self.device)
             self.sy += yb.sum(0)
+        self._fourth(xb, yb)
         if stacked is not None or (yb is None and self.x_gram and self.device.type == "cpu"
                                    and threadpool_limits is not None):
             self._products_cpu(xb, yb, stacked)
@@ -188,6 +200,22 @@ class Accumulator:
                 self.yy.addmm_(yb.mT, yb)
                 self.xy.addmm_(xb.mT, yb)
         self.n += xb.shape[0]
+
+    def _fourth(self, xb: torch.Tensor, yb: torch.Tensor | None) -> None:
+        """Add the block's terms of the unbiased HSIC: a_i = ||x_i||^2 (shifted rows), sum a_i^2,
+        sum a_i x_i, and with Y the same for b_i = ||y_i||^2 and the cross terms sum a_i b_i,
+        sum a_i y_i, sum b_i x_i."""
+        a = torch.linalg.vector_norm(xb, dim=1).square()
+        terms = {"x_sq": a.square().sum(), "x_q": xb.mT @ a}
+        if yb is not None:
+            b = torch.linalg.vector_norm(yb, dim=1).square()
+            terms |= {"y_sq": b.square().sum(), "y_q": yb.mT @ b, "ab": (a * b).sum(), "rxy": yb.mT @ a,
+                      "ryx": xb.mT @ b}
+        for key, t in terms.items():
+            if key in self.fourth:
+                self.fourth[key] += t
+            else:
+                self.fourth[key] = t.clone()
 
     def _products_cpu(self, xb: torch.Tensor, yb: torch.Tensor | None, stacked: torch.Tensor | None) -> None:
         """One syrk of [X | Y] (of X alone without Y) in row parts on all threads, summed in order."""
@@ -210,13 +238,18 @@ class Accumulator:
         if self.n == 0:
             raise FeatdynError("no rows were accumulated")
         check_sums(self.sx, self.xx)
-        return SideStats(self.n, self.x_shift, self.sx, self.xx)
+        f = self.fourth
+        check_sums(*(f[k] for k in ("x_sq", "x_q") if k in f))
+        return SideStats(self.n, self.x_shift, self.sx, self.xx, f.get("x_sq"), f.get("x_q"))
 
     def pair(self) -> PairStats:
         if self.xy is None:
             raise FeatdynError("no Y rows were accumulated")
         check_sums(self.sy, self.yy, self.xy)
-        return PairStats(self.side(), SideStats(self.n, self.y_shift, self.sy, self.yy), self.xy)
+        f = self.fourth
+        check_sums(*(f[k] for k in ("y_sq", "y_q", "ab", "rxy", "ryx") if k in f))
+        return PairStats(self.side(), SideStats(self.n, self.y_shift, self.sy, self.yy, f.get("y_sq"), f.get("y_q")),
+                         self.xy, f.get("ab"), f.get("rxy"), f.get("ryx"))
 
 
 def check_sums(*sums: torch.Tensor) -> None:
@@ -247,7 +280,9 @@ def stream_pair(blocks: Iterable[tuple[np.ndarray, np.ndarray]], device: torch.d
     if source is not None:
         if source.n != pair.n:
             raise FeatdynError(f"source statistics have n={source.n} rows, the epoch has {pair.n}")
-        pair.x = SideStats(source.n, source.shift, source.sum.to(pair.xy.device), source.gram.to(pair.xy.device))
+        dev = pair.xy.device
+        pair.x = SideStats(source.n, source.shift, source.sum.to(dev), source.gram.to(dev),
+                           None if source.sq is None else source.sq.to(dev), None if source.q is None else source.q.to(dev))
     return pair
 
 
@@ -258,9 +293,17 @@ def save_sides(path: str | os.PathLike, sides: Mapping[str, SideStats]) -> None:
     arrays: dict[str, np.ndarray] = {"__layers__": np.array(list(sides))}
     for i, s in enumerate(sides.values()):
         arrays |= {f"{i}/n": np.array(s.n), f"{i}/shift": s.shift.cpu().numpy(),
-                   f"{i}/sum": s.sum.cpu().numpy(), f"{i}/gram": s.gram.cpu().numpy()}
+                   f"{i}/sum": s.sum.cpu().numpy(), f"{i}/gram": s.gram.cpu().numpy(), **_side_fourth(i, s)}
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
+
+
+def _side_fourth(i: int, s: SideStats) -> dict[str, np.ndarray]:
+    return {f"{i}/{k}": v.cpu().numpy() for k, v in (("sq", s.sq), ("q", s.q)) if v is not None}
+
+
+def _optional(z: Mapping[str, np.ndarray], key: str, device) -> torch.Tensor | None:
+    return as_tensor(z[key], device) if key in z else None
 
 
 # What a damaged statistics file raises: a truncated zip (BadZipFile, EOFError), a missing member
@@ -286,7 +329,8 @@ def _sides_of(path: str | os.PathLike, z: Mapping[str, np.ndarray],
               device: torch.device | str) -> dict[str, SideStats]:
     try:
         return {str(layer): SideStats(int(z[f"{i}/n"]), as_tensor(z[f"{i}/shift"], device),
-                                      as_tensor(z[f"{i}/sum"], device), as_tensor(z[f"{i}/gram"], device))
+                                      as_tensor(z[f"{i}/sum"], device), as_tensor(z[f"{i}/gram"], device),
+                                      _optional(z, f"{i}/sq", device), _optional(z, f"{i}/q", device))
                 for i, layer in enumerate(z["__layers__"])}
     except KeyError as exc:
         raise FeatdynError(f"statistics file {path} lacks the array {exc}") from exc
@@ -303,7 +347,9 @@ def save_pairs(path: str | os.PathLike, pairs: Mapping[str, PairStats]) -> None:
     for i, p in enumerate(pairs.values()):
         arrays |= {f"{i}/n": np.array(p.n), f"{i}/shift": p.y.shift.cpu().numpy(),
                    f"{i}/sum": p.y.sum.cpu().numpy(), f"{i}/gram": p.y.gram.cpu().numpy(),
-                   f"{i}/xy": p.xy.cpu().numpy()}
+                   f"{i}/xy": p.xy.cpu().numpy(), **_side_fourth(i, p.y),
+                   **{f"{i}/{k}": v.cpu().numpy() for k, v in (("ab", p.ab), ("rxy", p.rxy), ("ryx", p.ryx))
+                      if v is not None}}
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
 
@@ -319,7 +365,8 @@ def load_pairs(path: str | os.PathLike, source: Mapping[str, SideStats],
             raise FeatdynError(f"{path}: layer {layer!r} has no source statistics")
         if f"{i}/xy" not in z:
             raise FeatdynError(f"statistics file {path} lacks the array '{i}/xy'")
-        out[layer] = PairStats(source[layer], ys, as_tensor(z[f"{i}/xy"], device))
+        out[layer] = PairStats(source[layer], ys, as_tensor(z[f"{i}/xy"], device), _optional(z, f"{i}/ab", device),
+                               _optional(z, f"{i}/rxy", device), _optional(z, f"{i}/ryx", device))
     return out
 
 
@@ -396,6 +443,35 @@ def _reshift(n: torch.Tensor, sums: torch.Tensor, shifts: torch.Tensor, common: 
     return sums + n[:, None] * d, d
 
 
+def has_fourth(p: PairStats) -> bool:
+    """Whether ``p`` carries the unbiased HSIC's per-observation terms."""
+    return all(t is not None for t in (p.x.sq, p.x.q, p.y.sq, p.y.q, p.ab, p.rxy, p.ryx))
+
+
+def _moved_side4(n: float, s: torch.Tensor, g: torch.Tensor, sq: torch.Tensor, q: torch.Tensor, d: torch.Tensor):
+    """(sum a'^2, sum a' x') of rows moved by d (x' = x + d, a' = ||x'||^2 = a + 2 x.d + |d|^2),
+    from the old frame's n, sum s, Gram g, sum a^2 and sum a x."""
+    dd, sd, gd, tr = d @ d, s @ d, g @ d, torch.trace(g)
+    sq2 = sq + 4 * (d @ gd) + n * dd**2 + 4 * (q @ d) + 2 * dd * tr + 4 * dd * sd
+    q2 = q + 2 * gd + dd * s + d * tr + 2 * d * sd + n * dd * d
+    return sq2, q2
+
+
+def moved_fourth(p: PairStats, n: float, dx: torch.Tensor, dy: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The unbiased HSIC's terms of ``p`` with X moved by dx and Y by dy (see :func:`_moved_side4`):
+    a' = a + 2 x.dx + |dx|^2, b' = b + 2 y.dy + |dy|^2, M = sum x y^T."""
+    xsq, xq = _moved_side4(n, p.x.sum, p.x.gram, p.x.sq, p.x.q, dx)
+    ysq, yq = _moved_side4(n, p.y.sum, p.y.gram, p.y.sq, p.y.q, dy)
+    sx, sy, m = p.x.sum, p.y.sum, p.xy
+    ddx, ddy, trx, try_ = dx @ dx, dy @ dy, torch.trace(p.x.gram), torch.trace(p.y.gram)
+    sdx, sdy = sx @ dx, sy @ dy
+    ab = (p.ab + 2 * (p.rxy @ dy) + ddy * trx + 2 * (p.ryx @ dx) + 4 * (dx @ m @ dy) + 2 * ddy * sdx
+          + ddx * try_ + 2 * ddx * sdy + n * ddx * ddy)
+    rxy = p.rxy + 2 * (m.mT @ dx) + ddx * sy + dy * trx + 2 * dy * sdx + n * ddx * dy
+    ryx = p.ryx + 2 * (m @ dy) + ddy * sx + dx * try_ + 2 * dx * sdy + n * ddy * dx
+    return {"xsq": xsq, "xq": xq, "ysq": ysq, "yq": yq, "ab": ab, "rxy": rxy, "ryx": ryx}
+
+
 @dataclass
 class GroupStats:
     """One layer's per-group statistics, stacked and moved to common shifts (the pooled means).
@@ -412,6 +488,9 @@ class GroupStats:
     xx: torch.Tensor     # (G, Cx, Cx)
     yy: torch.Tensor     # (G, Cy, Cy)
     xy: torch.Tensor     # (G, Cx, Cy)
+    # the unbiased HSIC's terms per group, moved to the common shifts (None if not accumulated):
+    # xsq, ysq, ab (G,); xq, ryx (G, Cx); yq, rxy (G, Cy)
+    fourth: dict[str, torch.Tensor] | None = None
 
     @classmethod
     def stack(cls, pairs: Sequence[PairStats]) -> GroupStats:
@@ -434,7 +513,11 @@ class GroupStats:
         xx = torch.stack([moved(p.x.gram, sx0[g], dx[g], sx0[g], dx[g], g) for g, p in enumerate(pairs)])
         yy = torch.stack([moved(p.y.gram, sy0[g], dy[g], sy0[g], dy[g], g) for g, p in enumerate(pairs)])
         xy = torch.stack([moved(p.xy, sx0[g], dx[g], sy0[g], dy[g], g) for g, p in enumerate(pairs)])
-        return cls(n, cx, cy, sx, sy, xx, yy, xy)
+        fourth = None
+        if all(has_fourth(p) for p in pairs):
+            moved4 = [moved_fourth(p, float(n[g]), dx[g], dy[g]) for g, p in enumerate(pairs)]
+            fourth = {k: torch.stack([m[k] for m in moved4]) for k in moved4[0]}
+        return cls(n, cx, cy, sx, sy, xx, yy, xy, fourth)
 
     @property
     def groups(self) -> int:
@@ -450,9 +533,10 @@ class GroupStats:
         def mix(t: torch.Tensor) -> torch.Tensor:
             return torch.tensordot(w, t, dims=1)
 
-        x = SideStats(int(round(n)), self.x_shift, mix(self.sx), mix(self.xx))
-        y = SideStats(int(round(n)), self.y_shift, mix(self.sy), mix(self.yy))
-        return PairStats(x, y, mix(self.xy))
+        f = {k: mix(v) for k, v in (self.fourth or {}).items()}
+        x = SideStats(int(round(n)), self.x_shift, mix(self.sx), mix(self.xx), f.get("xsq"), f.get("xq"))
+        y = SideStats(int(round(n)), self.y_shift, mix(self.sy), mix(self.yy), f.get("ysq"), f.get("yq"))
+        return PairStats(x, y, mix(self.xy), f.get("ab"), f.get("rxy"), f.get("ryx"))
 
     def weighted_many(self, weights) -> Iterator[PairStats]:
         """:meth:`weighted` for every row of ``weights`` (B, G), the weighted sums computed a chunk
@@ -468,10 +552,13 @@ class GroupStats:
                 raise FeatdynError("a resample must hold at least one image")
             sx, sy = wb @ self.sx, wb @ self.sy
             xx, yy, xy = (torch.tensordot(wb, t, dims=1) for t in (self.xx, self.yy, self.xy))
+            f = {k: torch.tensordot(wb, v, dims=1) for k, v in (self.fourth or {}).items()}
             for b in range(len(wb)):
                 rows = int(round(float(n[b])))
-                yield PairStats(SideStats(rows, self.x_shift, sx[b], xx[b]),
-                                SideStats(rows, self.y_shift, sy[b], yy[b]), xy[b])
+                g = {k: v[b] for k, v in f.items()}
+                yield PairStats(SideStats(rows, self.x_shift, sx[b], xx[b], g.get("xsq"), g.get("xq")),
+                                SideStats(rows, self.y_shift, sy[b], yy[b], g.get("ysq"), g.get("yq")), xy[b],
+                                g.get("ab"), g.get("rxy"), g.get("ryx"))
 
 
 def _group_key(layer: str, g: int) -> str:

@@ -93,11 +93,29 @@ def _panel_shape(n: int) -> tuple[int, int]:
     return -(-n // 3), 3
 
 
+def _replicate_bands(ax, ld: pd.DataFrame, colour) -> None:
+    """With training replicates: the mean ± the spread over replicates (a band) and the noise floor
+    (the mean distance between replicates at each epoch, a dotted line in the layer's colour)."""
+    x = ld["epoch"].to_numpy()
+    if "spread" in ld:
+        v, s = ld["value"].to_numpy(float), ld["spread"].to_numpy(float)
+        ok = np.isfinite(v) & np.isfinite(s)
+        if ok.any():
+            ax.fill_between(x[ok], (v - s)[ok], (v + s)[ok], color=colour, alpha=0.2, lw=0)
+    if "floor" in ld:
+        f = ld["floor"].to_numpy(float)
+        ok = np.isfinite(f)
+        if ok.any():
+            ax.plot(x[ok], f[ok], ls=":", lw=0.9, color=colour)
+
+
 def similarity_curves(scores: pd.DataFrame, model: str, out: str | os.PathLike,
                       pdf: str | os.PathLike | None = None, datasets: Sequence[str] | None = None) -> plt.Figure:
     """Distance against epoch for every layer of ``model``, as in the paper's Figs. 2-4: one panel
     per metric, one colour family per dataset, light (early layer) to dark (deep layer). A
-    confidence band is drawn where the table has finite ``ci_low`` / ``ci_high``. Free grid cells
+    confidence band is drawn where the table has finite ``ci_low`` / ``ci_high``; with training
+    replicates (:func:`featdyn.report.replicas.source_rows`) the curve is their mean, the band their
+    spread (± one sample std) and a dotted line the noise floor. Free grid cells
     hold the legends, so no panel is empty; written to ``out`` (PNG) and ``pdf``. Returns the
     figure (closed)."""
     sc = scores[scores["model"] == model]
@@ -133,6 +151,7 @@ def similarity_curves(scores: pd.DataFrame, model: str, out: str | os.PathLike,
                         if ok.any():
                             ax.fill_between(ld["epoch"].to_numpy()[ok], lo[ok], hi[ok], color=colours[li],
                                             alpha=0.2, lw=0)
+                    _replicate_bands(ax, ld, colours[li])
             kind = sub["kind"].iloc[0]
             per_filter = (sub["granularity"] == "filter").all() if "granularity" in sub else False
             ax.set_title(metric + (" (per filter)" if per_filter else ""))

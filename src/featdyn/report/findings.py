@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from featdyn.engine.bootstrap import Replicates, bootstrap_interval
+from featdyn.engine.bootstrap import Replicates, bootstrap_interval, seed_interval
 from featdyn.report.tables import layer_average
 
 HOLDS, FAILS, UNCHECKED = "holds", "does not hold", "cannot be checked on this run"
@@ -111,12 +111,21 @@ def fmt(x: float) -> str:
     return f"{x:.3f}" if np.isfinite(x) else "n/a"
 
 
-def interval(run: RunNumbers, samples: np.ndarray | None, point: float) -> tuple[float, float]:
-    """The run's interval of an estimate ``point`` from its replicates (NaN without)."""
+def interval(run: RunNumbers, samples: np.ndarray | None, point: float,
+             seeds: np.ndarray | None = None) -> tuple[float, float]:
+    """The run's interval of an estimate ``point`` from its bootstrap resamples over the images
+    (NaN without), widened by ``seeds``, the estimate on each training replicate, where there are
+    two or more (:func:`featdyn.engine.bootstrap.seed_interval`): a difference then counts only
+    when it exceeds both the image noise and the training noise."""
     if samples is None or len(samples) == 0:
         return np.nan, np.nan
     lo, hi = bootstrap_interval(np.asarray(samples, dtype=float), point, run.level, run.method)
+    lo, hi = seed_interval(lo, hi, point, seeds, run.level)
     return float(lo), float(hi)
+
+
+def _seeds(reps: Replicates | None) -> Replicates | None:
+    return None if reps is None else reps.over_seeds()
 
 
 def with_interval(x: float, lo: float, hi: float) -> str:
@@ -161,13 +170,14 @@ def _runs(run: RunNumbers):
 
 
 def _rise(run: RunNumbers, subject: str, names: Sequence[str], xs: Sequence[float], values: Sequence[float],
-          ends: np.ndarray | None, what: str, axis: str, unit: str) -> Case:
+          ends: np.ndarray | None, what: str, axis: str, unit: str, seed_ends: np.ndarray | None = None) -> Case:
     """The case 'the distance rises from the first to the last point': the difference with its
     interval (``ends``: (B, 2) replicates of the first and last point) decides; Spearman's rho of
     ``xs`` against the values is reported beside it."""
     values = list(values)
     diff = float(values[-1] - values[0])
-    lo, hi = interval(run, ends[:, 1] - ends[:, 0] if ends is not None else None, diff)
+    lo, hi = interval(run, ends[:, 1] - ends[:, 0] if ends is not None else None, diff,
+                      seed_ends[:, 1] - seed_ends[:, 0] if seed_ends is not None else None)
     return Case(subject, positive(diff, lo, hi),
                 f"{names[0]} {fmt(values[0])}, {names[-1]} {fmt(values[-1])}: {what} {with_interval(diff, lo, hi)} "
                 f"({beyond(lo, hi)}); rho({axis}, distance) {fmt(spearman(xs, values))} over {len(values)} {unit}")
@@ -189,9 +199,11 @@ def check_depth(run: RunNumbers) -> Finding:
             f.cases.append(Case(subject, UNCHECKED, f"{len(per)} analysed layer(s) with trained epochs"))
             continue
         reps = run.reps(metric, model, dataset)
-        ends = None if reps is None else reps.per_layer()[:, [reps.layers.index(per["layer"].iloc[i]) for i in (0, -1)]]
+        pick = None if reps is None else [reps.layers.index(per["layer"].iloc[i]) for i in (0, -1)]
+        ends = None if reps is None else reps.per_layer()[:, pick]
+        seeds = _seeds(reps)
         f.cases.append(_rise(run, subject, list(per["layer"]), per["layer_index"], per["value"], ends,
-                             "deep − early", "depth", "layers"))
+                             "deep − early", "depth", "layers", None if seeds is None else seeds.per_layer()[:, pick]))
     return f
 
 
@@ -209,10 +221,11 @@ def check_epochs(run: RunNumbers) -> Finding:
             f.cases.append(Case(subject, UNCHECKED, f"{len(avg)} trained epoch(s) analysed: no trend to check"))
             continue
         reps = run.reps(metric, model, dataset)
-        ends = None if reps is None else \
-            reps.layer_average()[:, [reps.epochs.index(int(avg["epoch"].iloc[i])) for i in (0, -1)]]
+        pick = None if reps is None else [reps.epochs.index(int(avg["epoch"].iloc[i])) for i in (0, -1)]
+        ends = None if reps is None else reps.layer_average()[:, pick]
+        seeds = _seeds(reps)
         f.cases.append(_rise(run, subject, [f"epoch {int(e)}" for e in avg["epoch"]], avg["epoch"], avg["value"], ends,
-                             "change", "epoch", "epochs"))
+                             "change", "epoch", "epochs", None if seeds is None else seeds.layer_average()[:, pick]))
     return f
 
 
@@ -223,21 +236,26 @@ def paper_name(dataset: str) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def _t2(run: RunNumbers, metric: str, model: str, dataset: str) -> tuple[float, np.ndarray | None]:
+def _t2(run: RunNumbers, metric: str, model: str, dataset: str) -> tuple:
+    """(Table 2 mean, its bootstrap resamples, its value on each training replicate or None)."""
     row = run.table2[(run.table2["metric"] == metric) & (run.table2["model"] == model) & (run.table2["dataset"] == dataset)]
     mean = float(row["mean"].iloc[0]) if len(row) else np.nan
     reps = run.reps(metric, model, dataset)
-    return mean, (reps.table2() if reps is not None else None)
+    seeds = _seeds(reps)
+    return mean, (reps.table2() if reps is not None else None), (seeds.table2() if seeds is not None else None)
 
 
-def _gap(run: RunNumbers, a: tuple[float, np.ndarray | None], b: tuple[float, np.ndarray | None]
-         ) -> tuple[float, float, float]:
+def _gap(run: RunNumbers, a: tuple, b: tuple) -> tuple[float, float, float]:
     """b - a with its interval (replicates paired by index: the same resamples on one dataset,
-    independent resamples on two)."""
+    independent resamples on two; training replicates likewise, independent between runs)."""
     diff = b[0] - a[0]
     if a[1] is None or b[1] is None:
         return diff, np.nan, np.nan
-    return (diff, *interval(run, b[1] - a[1], diff))
+    sa, sb = (a[2] if len(a) > 2 else None), (b[2] if len(b) > 2 else None)
+    seeds = sb - sa if sa is not None and sb is not None and len(sa) == len(sb) else None
+    if seeds is None and (sa is not None or sb is not None):  # one side's seeds only: its spread alone
+        seeds = sb if sb is not None and len(sb) >= 2 else (sa if sa is not None and len(sa) >= 2 else None)
+    return (diff, *interval(run, b[1] - a[1], diff, seeds))
 
 
 def check_datasets(run: RunNumbers) -> Finding:
@@ -359,6 +377,40 @@ def check_architecture(run: RunNumbers) -> Finding:
 
 CHECKS = (check_depth, check_epochs, check_datasets, check_agreement, check_architecture)
 
+NOT_COVERED = ("Training noise is not covered: every (model, dataset) was fine-tuned once (replicates: 1), so an "
+               "interval here covers the choice of probe images only, and a difference beyond it may still be "
+               "nothing but the seed of the new head and of the data order. Set `replicates: 2` or more for a "
+               "noise floor.")
+
+
+def noise_floor(run: RunNumbers) -> list[str]:
+    """One line per (model, dataset): the distance to the source at the last epoch in the deepest
+    layer, and how many times the replicate-to-replicate distance (the noise floor) it is, per
+    layer metric; or, without replicates, the sentence that training noise is not covered."""
+    sc = run.scores
+    if "floor" not in sc or not np.isfinite(sc["floor"].to_numpy(float)).any():
+        return [NOT_COVERED]
+    k = int(sc["replicates"].max()) if "replicates" in sc else 2
+    lines = []
+    for model in run.models:
+        for dataset in run.datasets:
+            parts = []
+            for metric in run.metrics:
+                sub = sc[(sc["metric"] == metric) & (sc["model"] == model) & (sc["dataset"] == dataset)]
+                sub = sub[np.isfinite(sub["floor"].to_numpy(float))]
+                if sub.empty:
+                    continue
+                last = sub[sub["epoch"] == sub["epoch"].max()]
+                deep = last.loc[last["layer_index"].idxmax()]
+                parts.append(f"{metric}: distance to the source at the last epoch ({int(deep['epoch'])}), deep layer "
+                             f"({deep['layer']}): {fmt(float(deep['value']))}, which is {fmt(float(deep['ratio']))} "
+                             f"times the replicate-to-replicate distance ({fmt(float(deep['floor']))})")
+            if parts:
+                lines.append(f"{_subject(model, dataset)}: " + "; ".join(parts))
+    lines.append(f"Over {k} training replicates; every interval above covers the probe images and the seeds, and "
+                 f"a difference counts only when it exceeds that interval.")
+    return lines
+
 
 def findings(run: RunNumbers) -> list[Finding]:
     return [check(run) for check in CHECKS]
@@ -366,10 +418,13 @@ def findings(run: RunNumbers) -> list[Finding]:
 
 # -- rendering -------------------------------------------------------------------------------------
 
-def to_markdown(found: Sequence[Finding], header: str) -> str:
-    """``results/summary.md``: a verdict table, then each observation with its cases."""
-    out = ["# Findings: the paper's observations on this run", "", header, "",
-           "| | observation | verdict | |", "|---|---|---|---|"]
+def to_markdown(found: Sequence[Finding], header: str, noise: Sequence[str] = ()) -> str:
+    """``results/summary.md``: a verdict table, then each observation with its cases; ``noise``
+    (:func:`noise_floor`) under its own heading after the header."""
+    out = ["# Findings: the paper's observations on this run", "", header, ""]
+    if noise:
+        out += ["## Training noise", ""] + [f"- {line}" for line in noise] + [""]
+    out += ["| | observation | verdict | |", "|---|---|---|---|"]
     out += [f"| ({f.key}) | {f.title} | **{f.verdict}** | {f.tally()} |" for f in found]
     for f in found:
         out += ["", f"## ({f.key}) {f.title}: {f.verdict}", "", f"The paper: {f.paper}.", "",
@@ -386,9 +441,10 @@ def rst_escape(text: str) -> str:
     return re.sub(r"([\\*`_|])", r"\\\1", str(text))
 
 
-def to_rst(found: Sequence[Finding], header: str) -> str:
+def to_rst(found: Sequence[Finding], header: str, noise: Sequence[str] = ()) -> str:
     """The same for the report (reStructuredText, included by workflow/report/workflow.rst)."""
     out = ["Findings", "--------", "", rst_escape(header), ""]
+    out += [f"- {rst_escape(line)}" for line in noise] + ([""] if noise else [])
     for f in found:
         out += [f"**({f.key}) {rst_escape(f.title)}: {f.verdict}** ({rst_escape(f.tally())}).",
                 f"The paper: {rst_escape(f.paper)}. Checked as: {rst_escape(f.method)}.", ""]

@@ -29,12 +29,12 @@ import pandas as pd
 
 from featdyn import FeatdynError
 from featdyn.atomic import atomic_path
-from featdyn.engine.bootstrap import Replicates, bias_free_mean
+from featdyn.engine.bootstrap import Replicates, bias_free_mean, seed_interval
 
 TABLE2_COLUMNS = ["model", "dataset", "metric", "mean", "std", "ci_low", "ci_high", "bias", "epochs", "epoch_list",
-                  "granularity"]
+                  "granularity", "spread", "replicates"]
 LAYER_COLUMNS = ["model", "dataset", "metric", "granularity", "layer", "layer_index", "mean", "std", "ci_low",
-                 "ci_high", "bias", "epochs", "epoch_list"]
+                 "ci_high", "bias", "epochs", "epoch_list", "spread", "replicates"]
 
 READINGS = {
     "layer": "layer reading: the observations are a layer's (image, y, x) positions, the features its channels",
@@ -57,7 +57,24 @@ def read_epoch_rows(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
         except (OSError, json.JSONDecodeError) as exc:
             raise FeatdynError(f"cannot read epoch metrics {p}: {exc}") from exc
     cols = ["model", "dataset", "epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
-    return pd.DataFrame(rows)[cols].sort_values(["model", "dataset", "epoch"]).reset_index(drop=True)
+    df = pd.DataFrame(rows)
+    if "replicate" in df and df["replicate"].notna().any():  # training replicates r >= 1 say which they are
+        df["replicate"] = df["replicate"].fillna(0).astype(int)
+        cols = cols[:3] + ["replicate"] + cols[3:]
+    return df[cols].sort_values([c for c in ("model", "dataset", "epoch", "replicate") if c in cols]
+                                ).reset_index(drop=True)
+
+
+def over_replicates(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, dataset, epoch): the mean over training replicates of the accuracies and losses,
+    with ``test_acc_spread`` / ``train_acc_spread`` their sample std (NaN for one replicate)."""
+    keys = ["model", "dataset", "epoch"]
+    if "replicate" not in rows:
+        return rows.assign(train_acc_spread=np.nan, test_acc_spread=np.nan)
+    g = rows.groupby(keys, sort=False)
+    out = g[["train_loss", "train_acc", "test_loss", "test_acc"]].mean()
+    out["train_acc_spread"], out["test_acc_spread"] = g["train_acc"].std(), g["test_acc"].std()
+    return out.reset_index()
 
 
 def _grid(cells: pd.DataFrame, values: str, models: Sequence[str] | None,
@@ -88,22 +105,27 @@ def table1(rows: pd.DataFrame, models: Sequence[str] | None = None,
     ``models`` and ``datasets`` give the row and column order (the config's order; the paper lists
     VGG19, DenseNet121, ResNet50 x 15-Scene, AwA2, Fruits); by default they are sorted.
     """
-    last = last_epoch(rows)
-    cell = last.assign(cell=[f"{a:.2f} / {b:.2f}" for a, b in zip(last["train_acc"], last["test_acc"])])
+    last = last_epoch(over_replicates(rows))
+    cell = last.assign(cell=[f"{a:.2f} / {b:.2f}" + (f" (seeds ± {sa:.2f} / {sb:.2f})" if np.isfinite(sb) else "")
+                             for a, b, sa, sb in zip(last["train_acc"], last["test_acc"], last["train_acc_spread"],
+                                                     last["test_acc_spread"])])
     return _grid(cell, "cell", models, datasets)
 
 
 def table1_best(rows: pd.DataFrame, models: Sequence[str] | None = None,
                 datasets: Sequence[str] | None = None) -> pd.DataFrame:
     """Where Table 1 is best: the highest test accuracy of each dataset (among two or more models)."""
-    return _best(_grid(last_epoch(rows), "test_acc", models, datasets), lowest=False)
+    return _best(_grid(last_epoch(over_replicates(rows)), "test_acc", models, datasets), lowest=False)
 
 
 def table1_caption(rows: pd.DataFrame) -> str:
     epochs = sorted(set(last_epoch(rows)["epoch"]))
+    k = int(rows["replicate"].max()) + 1 if "replicate" in rows else 1
+    seeds = (f" Over {k} training replicates: the mean, and (seeds ± train / test) the sample std over them."
+             if k > 1 else "")
     return (f"Table 1: train / test accuracy (%) after the last epoch (epoch {', '.join(map(str, epochs))}); "
             f"train accuracy is the running accuracy of that epoch's training pass. Bold: the highest test "
-            f"accuracy on each dataset.")
+            f"accuracy on each dataset.{seeds}")
 
 
 def layer_average(scores: pd.DataFrame) -> pd.DataFrame:
@@ -120,12 +142,27 @@ def _epoch_list(epochs: Iterable[int]) -> str:
 
 
 def _interval(reps: Replicates | None, reduce, point: float) -> tuple[float, float, float]:
-    """(ci_low, ci_high, bias) of the estimate ``point`` whose replicates are ``reduce(reps)``."""
+    """(ci_low, ci_high, bias) of the estimate ``point`` whose replicates are ``reduce(reps)``; with
+    k >= 2 training replicates the interval over the images is widened by their spread
+    (:func:`featdyn.engine.bootstrap.seed_interval`)."""
     if reps is None or not reps.resamples:
         return np.nan, np.nan, np.nan
     samples = reduce(reps)
     lo, hi = reps.interval(samples, point)
+    seeds = reps.over_seeds()
+    if seeds is not None:
+        lo, hi = seed_interval(lo, hi, point, reduce(seeds), reps.level)
     return float(lo), float(hi), float(bias_free_mean(samples) - point)
+
+
+def _spread(reps: Replicates | None, reduce) -> float:
+    """The sample std over the training replicates of an estimate (NaN with fewer than 2)."""
+    seeds = None if reps is None else reps.over_seeds()
+    if seeds is None:
+        return np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanstd(reduce(seeds), ddof=1))
 
 
 def table2(scores: pd.DataFrame, replicates: Mapping[tuple[str, str, str], Replicates] | None = None
@@ -146,10 +183,12 @@ def table2(scores: pd.DataFrame, replicates: Mapping[tuple[str, str, str], Repli
     rows = []
     for r in out.itertuples(index=False):
         key = (r.metric, r.model, r.dataset)
-        lo, hi, bias = _interval((replicates or {}).get(key), Replicates.table2, r.mean)
+        reps = (replicates or {}).get(key)
+        lo, hi, bias = _interval(reps, Replicates.table2, r.mean)
         rows.append({**r._asdict(), "ci_low": lo, "ci_high": hi, "bias": bias,
                      "epoch_list": lists[(r.model, r.dataset, r.metric)],
-                     "granularity": gran[(r.model, r.dataset, r.metric)] if gran is not None else "layer"})
+                     "granularity": gran[(r.model, r.dataset, r.metric)] if gran is not None else "layer",
+                     "spread": _spread(reps, Replicates.table2), "replicates": reps.k if reps is not None else 1})
     return pd.DataFrame(rows, columns=TABLE2_COLUMNS)
 
 
@@ -157,14 +196,18 @@ def _fmt(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if np.isfinite(x) else "n/a"
 
 
-def summary_cell(mean: float, std: float, lo: float = np.nan, hi: float = np.nan) -> str:
-    """'mean ± std [lo, hi]' (the std and the interval only where defined)."""
+def summary_cell(mean: float, std: float, lo: float = np.nan, hi: float = np.nan, spread: float = np.nan) -> str:
+    """'mean ± std [lo, hi]' (the std and the interval only where defined), then 'seeds ± s' (the
+    spread over training replicates) where there are several."""
     cell = _fmt(mean) + (f" ± {_fmt(std)}" if np.isfinite(std) else "")
-    return cell + (f" [{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else "")
+    cell += f" [{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+    return cell + (f" (seeds ± {_fmt(spread)})" if np.isfinite(spread) else "")
 
 
 def _cells(df: pd.DataFrame) -> list[str]:
-    return [summary_cell(m, s, lo, hi) for m, s, lo, hi in zip(df["mean"], df["std"], df["ci_low"], df["ci_high"])]
+    spread = df["spread"] if "spread" in df else [np.nan] * len(df)
+    return [summary_cell(m, s, lo, hi, sp)
+            for m, s, lo, hi, sp in zip(df["mean"], df["std"], df["ci_low"], df["ci_high"], spread)]
 
 
 def table2_layout(t2: pd.DataFrame, metric: str, models: Sequence[str] | None = None,
@@ -192,7 +235,17 @@ def table2_caption(t2: pd.DataFrame, metric: str, interval: str) -> str:
     return (f"Table 2 ({metric}): mean ± sample std (ddof = 1) over epochs {epochs} (epoch 0, the source model, "
             f"excluded) of the distance averaged over the analysed layers; {READINGS.get(gran, gran)}. "
             f"[low, high]: {interval} of that mean. Bold: the lowest distance on each dataset (the features "
-            f"reused most), as the paper marks it. Lower is closer to the source model.")
+            f"reused most), as the paper marks it. Lower is closer to the source model.{seeds_caption(sub)}")
+
+
+def seeds_caption(sub: pd.DataFrame) -> str:
+    """What a table's numbers are over training replicates (nothing with one)."""
+    k = int(sub["replicates"].max()) if "replicates" in sub and len(sub) else 1
+    if k < 2:
+        return ""
+    return (f" Over {k} training replicates (seeds of the new head and the data order): every entry is their "
+            f"mean, (seeds ± s) their sample std, and the interval covers the images and the seeds (the "
+            f"interval over the images widened by Student's t with {k - 1} degree(s) of freedom times s / sqrt({k})).")
 
 
 def table2_layers(scores: pd.DataFrame, replicates: Mapping[tuple[str, str, str], Replicates] | None = None
@@ -206,7 +259,7 @@ def table2_layers(scores: pd.DataFrame, replicates: Mapping[tuple[str, str, str]
     out = sc.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
     out["epoch_list"] = sc.groupby(keys, sort=False)["epoch"].agg(_epoch_list).to_numpy()
     out = out.rename(columns={"count": "epochs"})
-    intervals = []
+    intervals, spreads = [], []
     for r in out.itertuples(index=False):
         reps = (replicates or {}).get((r.metric, r.model, r.dataset))
         if reps is not None and reps.resamples and r.layer in reps.layers:
@@ -214,7 +267,13 @@ def table2_layers(scores: pd.DataFrame, replicates: Mapping[tuple[str, str, str]
             intervals.append(_interval(reps, lambda x, i=i: x.per_layer()[:, i], r.mean))
         else:
             intervals.append((np.nan, np.nan, np.nan))
+        if reps is not None and r.layer in reps.layers:
+            li = reps.layers.index(r.layer)
+            spreads.append((_spread(reps, lambda x, i=li: x.per_layer()[:, i]), reps.k))
+        else:
+            spreads.append((np.nan, 1))
     out["ci_low"], out["ci_high"], out["bias"] = np.array(intervals, dtype=float).reshape(-1, 3).T
+    out["spread"], out["replicates"] = [s for s, _ in spreads], [k for _, k in spreads]
     return out.sort_values(["model", "metric", "layer_index"], kind="stable", ignore_index=True)[LAYER_COLUMNS]
 
 

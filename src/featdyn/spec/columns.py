@@ -13,3 +13,10 @@ SCORE_COLUMNS = ["model", "dataset", "metric", "kind", "granularity", "layer", "
 # over the class's valid images, how many images that is, and how many were skipped as dead.
 FILTER_COLUMNS = ["model", "dataset", "metric", "kind", "layer", "layer_index", "epoch", "class", "filter",
                   "value", "images", "skipped"]
+
+# Added to every score row: which comparison it is ('source': a replicate's distance to its source
+# model; 'replicates': two replicates at the same epoch, `replicate` against `other`; 'permutation': a
+# layer against itself with the probe images permuted, `replicate` = the permutation), and on the
+# 'source' rows the noise floor (mean distance between replicates at that layer and epoch), the
+# ratio value / floor and the permutation null of that layer (mean over the permutations).
+COMPARISON_COLUMNS = ["comparison", "replicate", "other", "floor", "ratio", "null"]

@@ -15,17 +15,21 @@ from pathlib import Path
 from featdyn import FeatdynError
 from featdyn.spec.hyperparams import TrainConfig
 from featdyn.spec.metric_kinds import FILTER_KINDS, check_params
+from featdyn.spec.replicates import replicate_seed, replicates_of
 
 DATASET_SOURCES = ("demo", "path", "train", "test", "url")
 
 
-def training_config(config: dict, model: str, dataset: str) -> dict:
-    """The training block for one run: defaults < global ``training`` < model's < dataset's."""
+def training_config(config: dict, model: str, dataset: str, replicate: int = 0) -> dict:
+    """The training block for one run: defaults < global ``training`` < model's < dataset's; for
+    a replicate r >= 1 the seed is derived from (seed, r) (featdyn.spec.replicates)."""
     cfg = asdict(TrainConfig()) | {"seed": config.get("seed", 0)}
     cfg.pop("extra")
     for block in (config.get("training") or {}, config["models"][model].get("training") or {},
                   config["datasets"][dataset].get("training") or {}):
         cfg |= block
+    if replicate:
+        cfg["seed"] = replicate_seed(cfg["seed"], replicate)
     return cfg
 
 
@@ -102,6 +106,9 @@ def metric_params(config: dict, metric: str) -> dict:
         params = check_params(kind, block)
     except FeatdynError as exc:
         raise FeatdynError(f"metrics.{metric}: {exc}") from None
+    if granularity == "filter" and params.get("debiased"):
+        raise FeatdynError(f"metrics.{metric}: debiased cka exists at granularity 'layer' only (the per-filter "
+                           f"reading compares one map pair at a time)")
     return {"kind": kind, "granularity": granularity, **params}
 
 
@@ -174,6 +181,10 @@ def check(config: dict, base: str | Path = ".") -> None:
         attempt(metric_params, config, metric)
 
     attempt(check_visualize, config)
+
+    for model in config["models"]:
+        for dataset in config["datasets"]:
+            attempt(replicates_of, config, model, dataset)
 
     for model in config["models"]:
         for dataset in config["datasets"]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from featdyn import FeatdynError
 
 # kind -> its parameters with their defaults
-KIND_PARAMS: dict[str, dict] = {"procrustes": {}, "pwsm": {"alpha": 0.0}, "cka": {}, "cca": {}}
+# cka's ``debiased``: the unbiased HSIC estimator (Song et al. 2012) in place of the plug-in one.
+KIND_PARAMS: dict[str, dict] = {"procrustes": {}, "pwsm": {"alpha": 0.0}, "cka": {"debiased": False}, "cca": {}}
 
 # Kinds that also exist at filter granularity (featdyn.engine.filterwise)
 FILTER_KINDS = ("procrustes", "cka")
