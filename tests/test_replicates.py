@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import snakemake, tiny_config
 from featdyn import FeatdynError
 from featdyn.engine.bootstrap import Replicates, seed_interval
 from featdyn.report.correlation import COLUMNS
@@ -21,6 +20,8 @@ from featdyn.report.replicas import source_rows
 from featdyn.report.tables import table2
 from featdyn.spec.config import training_config
 from featdyn.spec.replicates import rep_index, rep_suffix, replicate_pairs, replicate_seed, replicates_of
+
+from conftest import snakemake, tiny_config
 
 LAYERS = ["features.1", "features.3"]
 

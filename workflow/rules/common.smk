@@ -38,13 +38,13 @@ RUNS = [(m, d) for m in MODELS for d in DATASETS]
 
 # Training replicates (featdyn.spec.replicates): k chains per run, differing only in their seed.
 # Replicate 0 keeps the paths of a run without replicates; replicate r >= 1 adds a `rep<r>` folder
-# after the dataset, through the {rep} wildcard ('' or '/rep<r>').
+# after the dataset, through the {rep} wildcard (empty, or a slash and rep<r>).
 def replicates(model, dataset):
     return replicates_of(config, model, dataset)
 
 
 def reps_of(model, dataset):
-    """The {rep} values of a run's replicates: '', '/rep1', ..."""
+    """The {rep} values of a run's replicates: empty for replicate 0, then a slash and rep1, rep2, ..."""
     return [rep_suffix(r) for r in range(replicates(model, dataset))]
 
 

@@ -29,7 +29,7 @@ rule fetch_weights:
 # next epoch reads it, so temp(); the last epoch's is kept by the default target). The params
 # hold only what this epoch's result depends on: a new lr reruns epochs >= 1, not epoch 0; more
 # epochs add jobs without retraining; eval_batch_size and device are read from the config by the
-# script and rerun nothing. Each training replicate ({rep}: '' or '/rep<r>') is its own chain, from
+# script and rerun nothing. Each training replicate ({rep}: empty, or a rep<r> folder) is its own chain, from
 # the same source weights, with its own seed.
 rule finetune_epoch:
     input:

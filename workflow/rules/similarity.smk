@@ -4,7 +4,7 @@
 # stores' maps directly, one GPU job per (metric, model, dataset, epoch). Every store is checked
 # against what the job expects (epoch, the sha256 of its checkpoint, model, dataset, layers, probe set).
 # Every statistics job also keeps its statistics per image group (`groups` output) for the bootstrap
-# intervals of the scores. Each training replicate ({rep}: '' or '/rep<r>') has its own statistics
+# intervals of the scores. Each training replicate ({rep}: empty or a rep<r> folder) has its own statistics
 # against its own epoch 0; `replicate_stats` compares two replicates at the same epoch (the noise
 # floor) and `null_stats` a layer with itself, probe images permuted (the permutation null).
 
@@ -94,8 +94,6 @@ rule filter_scores:
         code=script_code("filter_scores.py"),
     script:
         "../scripts/filter_scores.py"
-
-
 
 
 rule replicate_stats:
