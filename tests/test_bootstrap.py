@@ -37,6 +37,7 @@ from featdyn.engine.stats import (
     save_group_pairs,
     save_group_sides,
 )
+from featdyn.spec.columns import COMPARISON_COLUMNS, SCORE_COLUMNS
 
 from conftest import job_counts, snakemake
 from metric_reference import REFERENCES, single_thread  # noqa: F401
@@ -252,7 +253,9 @@ def test_store_to_scores_with_intervals(tmp_path):
 def test_tiny_run_has_intervals_and_reruns_only_what_a_change_touches(tiny_run, tmp_path):
     shutil.copytree(tiny_run, tmp_path, symlinks=True, dirs_exist_ok=True)
     scores = pd.read_csv(tmp_path / "results/scores/pwsm/mnet/colours.csv")
-    assert list(scores.columns[-2:]) == ["ci_low", "ci_high"]
+    assert list(scores.columns) == SCORE_COLUMNS + COMPARISON_COLUMNS and SCORE_COLUMNS[-2:] == ["ci_low", "ci_high"]
+    # the distances to the source have intervals (the permutation null's rows have none)
+    scores = scores[scores["comparison"] == "source"]
     assert (scores["ci_low"] <= scores["ci_high"]).all() and scores["ci_low"].notna().all()
     assert (tmp_path / "results/stats/mnet/colours/groups/epoch_2.npz").is_file()
     assert (tmp_path / "results/filters/cka_f/mnet/colours/groups/epoch_2.npz").is_file()

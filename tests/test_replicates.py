@@ -146,7 +146,8 @@ def test_replicates_differ_only_in_the_head_at_epoch_0_and_train_apart(two_repli
 
     base = two_replicates / "results/checkpoints/mnet/colours"
     a, b = (torch.load(p, map_location="cpu", weights_only=False) for p in (base / "epoch_0.pt", base / "rep1/epoch_0.pt"))
-    state_a, state_b = a["state_dict"] if "state_dict" in a else a, b["state_dict"] if "state_dict" in b else b
+    assert a["seed"] == 0 and b["seed"] == replicate_seed(0, 1)
+    state_a, state_b = a["model"], b["model"]
     differ = [k for k in state_a if torch.is_tensor(state_a[k]) and not torch.equal(state_a[k], state_b[k])]
     assert differ and all(k.startswith("classifier") for k in differ), differ
     scores = pd.read_csv(two_replicates / "results/scores/procrustes/mnet/colours.csv")
@@ -228,3 +229,18 @@ def test_one_replicate_reruns_nothing_and_keeps_its_paths(tiny_run, tmp_path):
     scores = pd.read_csv(run / "results/scores/procrustes/mnet/colours.csv")
     assert set(scores["comparison"]) == {"source", "permutation"} and scores["floor"].isna().all()
     assert NOT_COVERED in (run / "results/summary.md").read_text()
+
+
+@pytest.mark.workflow
+def test_the_disk_plan_counts_every_replicate(two_replicates):
+    from featdyn.nets.disk import DatasetSize, estimate
+    from featdyn.spec.config import with_defaults
+
+    config = with_defaults(yaml.safe_load((two_replicates / "config.yaml").read_text()))
+    stages = {s.stage: s for s in estimate(config, {"colours": DatasetSize(images=24, classes=2)})}
+    results = two_replicates / "results/checkpoints"
+    for stage, pattern in [("checkpoints (weights of every epoch)", "epoch_?.pt"),
+                           ("resume states (optimizer)", "*.resume.pt")]:
+        real = sum(p.stat().st_size for p in results.rglob(pattern) if p.is_file())
+        assert len(list(results.rglob(pattern))) >= 2 and abs(stages[stage].kept - real) < 0.05 * real, \
+            (stage, stages[stage].kept, real)

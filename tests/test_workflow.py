@@ -33,6 +33,8 @@ def test_tiny_pipeline_end_to_end(tiny_run, tmp_path):
     assert set(t2["metric"]) == {"procrustes", "pwsm", "procrustes_f", "cka_f"}
     assert (t2["mean"] > 0).all(), "fine-tuning with lr 1e-3 must move the features away from the source"
     scores = pd.read_csv(tmp_path / "results/scores/procrustes/mnet/colours.csv")
+    assert set(scores["comparison"]) == {"source", "permutation"}, "one replicate: no floor, the null beside"
+    scores = scores[scores["comparison"] == "source"]
     assert scores[scores["epoch"] == 0]["value"].abs().max() < 1e-9, "epoch 0 is the source model itself"
     assert (tmp_path / "results/figures/similarity_mnet.png").stat().st_size > 10_000
     # filter granularity: per-(layer, class, filter) tables per epoch, layer means in the tidy table

@@ -31,6 +31,7 @@ from featdyn import FeatdynError  # noqa: E402
 from featdyn.nets.disk import DatasetSize, estimate, human, table  # noqa: E402
 from featdyn.spec import config as fdconfig  # noqa: E402
 from featdyn.spec.fingerprints import image_files  # noqa: E402
+from featdyn.spec.replicates import replicates_of  # noqa: E402
 
 # The demo datasets as featdyn.data.demo_data writes them: 64 tiles from each of 3 photographs (512 px),
 # 40 digits of each of 10 classes.
@@ -160,8 +161,10 @@ def main() -> None:
         files = list(args.configfile) + ([stand_ins(config, missing, sizes, Path(tmp))] if missing else [])
         jobs = jobs_per_rule(files, args.directory)
 
+    reps = sorted({replicates_of(config, m, d) for m in config["models"] for d in sizes})
     print(f"Plan for {' + '.join(str(f) for f in args.configfile)}: {len(config['models'])} models x "
-          f"{len(sizes)} datasets, {config.get('image_size', 224)} px")
+          f"{len(sizes)} datasets x {'/'.join(map(str, reps))} training replicate(s), "
+          f"{config.get('image_size', 224)} px")
     print("datasets: " + ", ".join(f"{n} {s.images:,} images / {s.classes} classes"
                                    + (" (given)" if n in missing else "") for n, s in sizes.items()))
     print(f"\nJobs per rule (snakemake -n --forceall):\n{jobs}\n")

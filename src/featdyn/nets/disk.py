@@ -82,6 +82,7 @@ def estimate(config: Mapping, sizes: Mapping[str, DatasetSize]) -> list[Stage]:
     """Bytes per stage for ``config`` (the workflow's config, defaults filled in by
     :func:`featdyn.spec.config.with_defaults`) and the datasets' ``sizes``."""
     from featdyn.spec.config import analysed_epochs, layers_of, training_config
+    from featdyn.spec.replicates import replicates_of
 
     s = int(config.get("image_size", 224))
     retention = config.get("retention") or {}
@@ -109,23 +110,26 @@ def estimate(config: Mapping, sizes: Mapping[str, DatasetSize]) -> list[Stage]:
             m = sized(mname, size.classes)
             training = training_config(config, mname, dname)
             epochs = analysed_epochs(config, mname, dname)
+            k = replicates_of(config, mname, dname)  # every chain's files, k times
             state = m.params * 4 * optimizer_values(training)
-            ckpts += (training["epochs"] + 1) * (m.weights + 2_000)
+            ckpts += k * (training["epochs"] + 1) * (m.weights + 2_000)
             kept_state = state if retention.get("final_state", "keep") == "keep" else 0
-            states += kept_state
-            states_peak += max(kept_state, 2 * state)  # epoch e's state lives until e + 1 is saved
+            states += k * kept_state
+            states_peak += k * max(kept_state, 2 * state)  # epoch e's state lives until e + 1 is saved
             ratio = ZSTD_RATIO.get(arch, ZSTD_DEFAULT) if extraction.get("codec", "zstd") == "zstd" else 1.0
             per_store = probe_images(size, per_class, test_fraction) * sum(
                 c * h * w for c, h, w in m.layers.values()) * itemsize / ratio
             kept_stores = per_store * len(epochs) if retention.get("activations", "keep") == "keep" else 0
-            stores += kept_stores
+            stores += k * kept_stores
             # dropped stores: the source store and one in flight per chain (more if extraction runs ahead)
-            stores_peak += max(kept_stores, 2 * per_store)
+            stores_peak += k * max(kept_stores, 2 * per_store)
             channels = [shape[0] for shape in m.layers.values()]
-            stats += sum((c * c + 2 * c) * 8 for c in channels) * (1 + len(epochs))  # source + pairs
-            stats += sum(c * c * 8 for c in channels) * len(epochs)  # the cross term of each epoch
-            filters += len(filter_metrics) * len(epochs) * sum(channels) * size.classes * CSV_ROW_BYTES
-            scores += len(config["metrics"]) * len(epochs) * len(channels) * CSV_ROW_BYTES
+            stats += k * sum((c * c + 2 * c) * 8 for c in channels) * (1 + len(epochs))  # source + pairs
+            stats += k * sum(c * c * 8 for c in channels) * len(epochs)  # the cross term of each epoch
+            # the noise floor: both sides and the cross term of every replicate pair at every epoch
+            stats += k * (k - 1) // 2 * len(epochs) * sum((3 * c * c + 4 * c) * 8 for c in channels)
+            filters += k * len(filter_metrics) * len(epochs) * sum(channels) * size.classes * CSV_ROW_BYTES
+            scores += (k + k * (k - 1) // 2) * len(config["metrics"]) * len(epochs) * len(channels) * CSV_ROW_BYTES
     scores += len(config["models"]) * FIGURE_BYTES
 
     def stage(name, rule, kept, peak=None, note=""):

@@ -11,6 +11,13 @@ intervals (bootstrap off) the sign alone decides, and the text says so. An obser
 every case that can be checked holds, does not hold when one of them does not (the text counts
 them), and cannot be checked when no case can.
 
+With k >= 2 training replicates every interval also covers the training noise (the image interval
+widened by Student's t over the replicates: :func:`featdyn.engine.bootstrap.seed_interval`), so a
+difference counts only when it clears the seeds as well as the images, and :func:`noise_floor`
+says per (model, dataset) how many times the replicate-to-replicate distance the deep layer's
+distance to the source is at the last epoch; with one replicate it says that training noise is not
+covered.
+
 The observations and how they are read here:
 
 (a) Early layers stay closer to the source than deep layers (Sec. 4.1, "Effect at different depth
