@@ -187,6 +187,11 @@ def replicate_stats_file(model, dataset, a, b, epoch):
     return f"results/stats/{model}/{dataset}/replicates/{a}-{b}/epoch_{epoch}.npz"
 
 
+def replicate_filter_table(metric, model, dataset, a, b, epoch):
+    """Per-filter distances between replicates a and b at one epoch (a filter metric's noise floor)."""
+    return f"results/filters/{metric}/{model}/{dataset}/replicates/{a}-{b}/epoch_{epoch}.csv"
+
+
 def null_file(model, dataset):
     """Statistics of the permutation null (replicate 0's source store against itself, images permuted)."""
     return f"results/stats/{model}/{dataset}/null.npz"
@@ -205,6 +210,11 @@ def score_inputs(wildcards):
         return {
             "epochs": [filter_table(wildcards.metric, m, d, e, r) for r in reps for e in epochs],
             "groups": [filter_groups(wildcards.metric, m, d, e, r) for r in reps for e in epochs],
+            "pairs": [
+                replicate_filter_table(wildcards.metric, m, d, a, b, e)
+                for a, b in replicate_pairs(len(reps))
+                for e in epochs
+            ],
         }
     inputs = {
         "source": [stats_file(m, d, "source", r) for r in reps],

@@ -125,6 +125,37 @@ rule replicate_stats:
         "../scripts/replicate_stats.py"
 
 
+rule replicate_filter_scores:
+    input:
+        store_a=lambda w: store_dir(w.model, w.dataset, w.epoch, rep_suffix(w.a)),
+        store_b=lambda w: store_dir(w.model, w.dataset, w.epoch, rep_suffix(w.b)),
+        summary=lambda w: data_files(w.dataset)["summary"],
+        checkpoint_a=lambda w: checkpoint_file(w.model, w.dataset, w.epoch, rep_suffix(w.a)),
+        checkpoint_b=lambda w: checkpoint_file(w.model, w.dataset, w.epoch, rep_suffix(w.b)),
+    output:
+        replicate_filter_table("{metric}", "{model}", "{dataset}", "{a}", "{b}", "{epoch}"),
+    log:
+        "results/logs/replicate_filter_scores/{metric}/{model}/{dataset}/{a}-{b}/epoch_{epoch}.log",
+    benchmark:
+        "results/benchmarks/replicate_filter_scores/{metric}/{model}/{dataset}/{a}-{b}/epoch_{epoch}.tsv"
+    wildcard_constraints:
+        metric="|".join(FILTER_METRICS) or "(?!)",
+        a=r"\d+",
+        b=r"\d+",
+    conda:
+        "../../envs/featdyn.yaml"
+    threads: config["threads"]["filter_scores"]
+    resources:
+        mem_mb=retry_mem(8000),
+        gpu=1,
+    params:
+        metric=metric_block,
+        layers=lambda w: fdconfig.layers_of(config, w.model),
+        code=script_code("replicate_filter_scores.py"),
+    script:
+        "../scripts/replicate_filter_scores.py"
+
+
 rule null_stats:
     input:
         store=lambda w: store_dir(w.model, w.dataset, 0),

@@ -21,7 +21,11 @@ from featdyn import FeatdynError
 from featdyn.engine.bootstrap import BootstrapSpec, Replicates
 from featdyn.engine.metrics import DegenerateWarning, from_stats
 from featdyn.engine.noise import load_full_pairs, load_null, ratio
-from featdyn.engine.similarity import score_filters_with_replicates, score_layers_with_replicates
+from featdyn.engine.similarity import (
+    filter_scores_of_table,
+    score_filters_with_replicates,
+    score_layers_with_replicates,
+)
 from featdyn.engine.stats import load_sides
 from featdyn.spec.columns import COMPARISON_COLUMNS, SCORE_COLUMNS
 from featdyn.spec.replicates import replicate_pairs
@@ -77,21 +81,29 @@ def score_run(block: Mapping, *, model: str, dataset: str, metric: str, epochs: 
     base = {"model": model, "dataset": dataset, "metric": metric, "kind": block["kind"],
             "granularity": block["granularity"], "ci_low": np.nan, "ci_high": np.nan}
 
-    # between replicates: every pair at every epoch (layer metrics; see docs/design.md for filters)
+    # between replicates: every pair at every epoch (layer metrics from their pair statistics,
+    # filter metrics from their per-filter tables of the pair)
     pair_rows = []
-    if not filt and k >= 2:
+    if k >= 2:
         pairs = replicate_pairs(k)
         files = inputs["pairs"]
         if len(files) != len(pairs) * len(epochs):
-            raise FeatdynError(f"{len(files)} replicate statistics files for {len(pairs)} pairs x {len(epochs)} epochs")
+            raise FeatdynError(f"{len(files)} replicate comparison files for {len(pairs)} pairs x {len(epochs)} epochs")
         for p, (a, b) in enumerate(pairs):
             for e, epoch in enumerate(epochs):
                 path = files[p * len(epochs) + e]
-                for layer, stats in load_full_pairs(path, device).items():
-                    what = f"metrics.{metric} ({block['kind']}) between replicates {a} and {b} ({path}), layer {layer!r}"
+                if filt:
+                    values = {layer: scores.layer_value()
+                              for (layer, _), scores in filter_scores_of_table(pd.read_csv(path)).items()}
+                else:
+                    values = {}
+                    for layer, stats in load_full_pairs(path, device).items():
+                        what = (f"metrics.{metric} ({block['kind']}) between replicates {a} and {b} ({path}), "
+                                f"layer {layer!r}")
+                        values[layer] = _value(block["kind"], stats, params, what)
+                for layer, value in values.items():
                     pair_rows.append({**base, "layer": layer, "layer_index": layer_index[layer], "epoch": int(epoch),
-                                      "value": _value(block["kind"], stats, params, what), "comparison": "replicates",
-                                      "replicate": a, "other": b})
+                                      "value": value, "comparison": "replicates", "replicate": a, "other": b})
     # the permutation null of replicate 0's source model, per layer
     null_rows = []
     if not filt and null_count and inputs.get("null"):
