@@ -118,10 +118,12 @@ def test_with_one_replicate_the_summary_says_training_noise_is_not_covered():
 
 @pytest.fixture(scope="module")
 def two_replicates(tmp_path_factory, offline_torch_home) -> Path:
-    """The tiny run with two training replicates (layer metrics only, one epoch: ~1 min on 2 cores)."""
+    """The tiny run with two training replicates (three layer metrics and a filter metric, one epoch:
+    ~1.5 min on 2 idle cores)."""
     workdir = tmp_path_factory.mktemp("two_replicates")
     cfg = tiny_config(workdir, replicates=2, metrics={"procrustes": {"kind": "procrustes"},
-                                                      "cka": {"kind": "cka"}, "cca": {"kind": "cca"}},
+                                                      "cka": {"kind": "cka"}, "cca": {"kind": "cca"},
+                                                      "cka_f": {"kind": "cka", "granularity": "filter"}},
                       training={"epochs": 1, "batch_size": 8, "lr": 1e-3}, bootstrap={"resamples": 20, "groups": 3},
                       permutation_null={"permutations": 2, "seed": 0})
     snakemake(workdir, "--configfile", str(cfg), "--cores", "2")
@@ -160,6 +162,26 @@ def test_replicates_differ_only_in_the_head_at_epoch_0_and_train_apart(two_repli
     assert np.allclose(src["ratio"], src["value"] / src["floor"])
     cka = pd.read_csv(two_replicates / "results/scores/cka/mnet/colours.csv")
     assert cka[(cka["comparison"] == "replicates") & (cka["epoch"] == 0)]["value"].abs().max() < 1e-9
+
+
+@pytest.mark.workflow
+def test_a_filter_metric_has_its_floor_from_the_two_stores(two_replicates):
+    from featdyn.engine.similarity import filter_scores_from_stores
+
+    scores = pd.read_csv(two_replicates / "results/scores/cka_f/mnet/colours.csv")
+    between = scores[scores["comparison"] == "replicates"]
+    assert len(between) == 2 * 2 and between[between["epoch"] == 0]["value"].abs().max() < 1e-9
+    base = two_replicates / "results/activations/mnet/colours"
+    direct, _ = filter_scores_from_stores(base / "epoch_1.zarr", base / "rep1/epoch_1.zarr",
+                                          {"kind": "cka", "granularity": "filter"}, model="mnet", dataset="colours",
+                                          metric="cka_f", source_attrs={"epoch": 1})
+    for layer in LAYERS:
+        rows = direct[direct["layer"] == layer]
+        want = rows.groupby("filter")["value"].mean().mean()  # class means, then the layer's mean over filters
+        got = between[(between["epoch"] == 1) & (between["layer"] == layer)]["value"].iloc[0]
+        assert got == pytest.approx(want, rel=1e-9), layer
+    src = scores[(scores["comparison"] == "source") & (scores["epoch"] == 1)]
+    assert src["floor"].notna().all() and np.allclose(src["ratio"], src["value"] / src["floor"])
 
 
 @pytest.mark.workflow
@@ -209,8 +231,9 @@ def test_raising_replicates_runs_only_the_new_chain_and_its_readers(two_replicat
     jobs = dry_jobs(run, changed)
     # the new chain (epochs 0 and 1), its pairs with replicates 0 and 1 at both epochs, then the readers
     assert counts(jobs) == {"finetune_epoch": 2, "extract": 2, "source_stats": 1, "layer_stats": 2,
-                            "replicate_stats": 4, "score": 3, "table1": 1, "table2": 1, "metric_correlation": 1,
-                            "similarity_curves": 1, "findings": 1, "all": 1}, counts(jobs)
+                            "filter_scores": 2, "replicate_stats": 4, "replicate_filter_scores": 4, "score": 4,
+                            "table1": 1, "table2": 1, "metric_correlation": 1, "similarity_curves": 1,
+                            "findings": 1, "all": 1}, counts(jobs)
     assert {w.get("rep") for r, w in jobs if r == "finetune_epoch"} == {"/rep2"}
 
 
