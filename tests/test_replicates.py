@@ -267,3 +267,15 @@ def test_the_disk_plan_counts_every_replicate(two_replicates):
         real = sum(p.stat().st_size for p in results.rglob(pattern) if p.is_file())
         assert len(list(results.rglob(pattern))) >= 2 and abs(stages[stage].kept - real) < 0.05 * real, \
             (stage, stages[stage].kept, real)
+
+
+def test_similarity_curves_draw_the_replicates_spread_and_the_floor(tmp_path):
+    from featdyn.report.figures import similarity_curves
+
+    scores = constructed(40.0).scores
+    fig = similarity_curves(scores, "m", tmp_path / "s.png", tmp_path / "s.pdf", datasets=["d"])
+    ax = fig.axes[0]
+    floors = [line for line in ax.lines if line.get_linestyle() == ":"]
+    assert len(floors) == 2, "one dotted noise-floor line per layer"
+    assert np.allclose(floors[0].get_ydata(), 0.01)
+    assert len(ax.collections) == 2, "one band of the replicates' spread per layer"
