@@ -5,7 +5,8 @@ import copy
 import pytest
 
 from featdyn import FeatdynError
-from featdyn.spec.config import analysed_epochs, check, metric_params, training_config
+from featdyn.spec.config import analysed_epochs, check, metric_params
+from featdyn.spec.hyperparams import training_config
 
 from conftest import make_tree
 

@@ -13,7 +13,8 @@ import yaml
 from snakemake.utils import update_config, validate
 
 from featdyn import FeatdynError
-from featdyn.spec.config import analysed_epochs, check, dataset_roots, training_config
+from featdyn.spec.config import analysed_epochs, check, dataset_roots
+from featdyn.spec.hyperparams import training_config
 
 from conftest import REPO, SNAKEFILE, VENV_BIN, make_tree
 

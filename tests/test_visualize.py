@@ -22,10 +22,10 @@ from featdyn.report.units import (
     rank_classes,
     rank_filters,
     resolve_layers,
-    with_defaults,
 )
 from featdyn.report.visualize import HeatmapRow
 from featdyn.spec import config as fdconfig
+from featdyn.spec.unit_defaults import with_defaults
 
 S = 32
 

@@ -11,7 +11,7 @@ from featdyn import FeatdynError
 from featdyn.spec import config as fdconfig
 from featdyn.spec import fingerprints
 from featdyn.engine.bootstrap import BootstrapSpec
-from featdyn.spec.hyperparams import epoch_params
+from featdyn.spec.hyperparams import epoch_params, training_config
 
 if workflow.is_main_process:
     # JOB_FEATDYN (Snakefile): the featdyn that jobs would import before this process's src/
@@ -63,7 +63,7 @@ def data_files(dataset):
 
 
 def training_params(wildcards):
-    return fdconfig.training_config(config, wildcards.model, wildcards.dataset)
+    return training_config(config, wildcards.model, wildcards.dataset)
 
 
 def epoch_training(wildcards):
@@ -73,7 +73,7 @@ def epoch_training(wildcards):
 
 
 def final_epoch(model, dataset):
-    return fdconfig.training_config(config, model, dataset)["epochs"]
+    return training_config(config, model, dataset)["epochs"]
 
 
 def analysed_epochs(model, dataset):

@@ -81,7 +81,8 @@ def optimizer_values(training: Mapping) -> int:
 def estimate(config: Mapping, sizes: Mapping[str, DatasetSize]) -> list[Stage]:
     """Bytes per stage for ``config`` (the workflow's config, defaults filled in by
     :func:`featdyn.spec.config.with_defaults`) and the datasets' ``sizes``."""
-    from featdyn.spec.config import analysed_epochs, layers_of, training_config
+    from featdyn.spec.config import analysed_epochs, layers_of
+    from featdyn.spec.hyperparams import training_config
 
     s = int(config.get("image_size", 224))
     retention = config.get("retention") or {}

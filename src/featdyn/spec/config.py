@@ -9,24 +9,13 @@ runs with a message naming the key.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict
 from pathlib import Path
 
 from featdyn import FeatdynError
-from featdyn.spec.hyperparams import TrainConfig
+from featdyn.spec.hyperparams import training_config
 from featdyn.spec.metric_kinds import FILTER_KINDS, check_params
 
 DATASET_SOURCES = ("demo", "path", "train", "test", "url")
-
-
-def training_config(config: dict, model: str, dataset: str) -> dict:
-    """The training block for one run: defaults < global ``training`` < model's < dataset's."""
-    cfg = asdict(TrainConfig()) | {"seed": config.get("seed", 0)}
-    cfg.pop("extra")
-    for block in (config.get("training") or {}, config["models"][model].get("training") or {},
-                  config["datasets"][dataset].get("training") or {}):
-        cfg |= block
-    return cfg
 
 
 def analysed_epochs(config: dict, model: str, dataset: str) -> list[int]:
