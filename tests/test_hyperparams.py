@@ -35,6 +35,7 @@ from featdyn.spec import config as c, fingerprints
 from featdyn.spec.hyperparams import epoch_params, training_config
 cfg = {{"models": {{"m": {{"arch": "resnet50", "layers": "preset"}}}}, "datasets": {{"d": {{"path": "x"}}}},
        "metrics": {{"p": {{"kind": "pwsm"}}, "f": {{"kind": "cka", "granularity": "filter"}}}}}}
+cfg = c.with_defaults(cfg)
 assert c.metric_params(cfg, "p")["alpha"] == 0.0 and c.layers_of(cfg, "m")[0] == "relu"
 epoch_params(training_config(cfg, "m", "d"), 1)
 c.dataset_roots("d", cfg["datasets"]["d"], "results/data/d")

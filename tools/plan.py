@@ -161,7 +161,7 @@ def main() -> None:
         jobs = jobs_per_rule(files, args.directory)
 
     print(f"Plan for {' + '.join(str(f) for f in args.configfile)}: {len(config['models'])} models x "
-          f"{len(sizes)} datasets, {config.get('image_size', 224)} px")
+          f"{len(sizes)} datasets, {config['image_size']} px")
     print("datasets: " + ", ".join(f"{n} {s.images:,} images / {s.classes} classes"
                                    + (" (given)" if n in missing else "") for n, s in sizes.items()))
     print(f"\nJobs per rule (snakemake -n --forceall):\n{jobs}\n")

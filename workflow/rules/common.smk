@@ -27,8 +27,6 @@ if workflow.is_main_process:
     except FeatdynError as exc:
         raise WorkflowError(str(exc)) from None
 
-config = fdconfig.with_defaults(config)
-
 MODELS = list(config["models"])
 DATASETS = list(config["datasets"])
 METRICS = list(config["metrics"])
@@ -50,7 +48,7 @@ def retry_mem(mb):
 
 def retained(output, what):
     """An output that `retention.<what>: drop` marks temp(): deleted once every job reading it has run."""
-    return temp(output) if config.get("retention", {}).get(what, "keep") == "drop" else output
+    return temp(output) if config["retention"][what] == "drop" else output
 
 
 def data_dir(dataset):
@@ -93,7 +91,7 @@ def kept_resume_states():
     """The last epoch's resume state of every run, requested by the default target so that it is
     kept: raising training.epochs then continues from it. Not requested where the last checkpoint
     exists without it (dropped by retention.final_state, or deleted), which would retrain the chain."""
-    if config.get("retention", {}).get("final_state", "keep") == "drop":
+    if config["retention"]["final_state"] == "drop":
         return []
     wanted = []
     for m, d in RUNS:
@@ -140,7 +138,7 @@ def prepare_inputs(wildcards):
 
 
 def model_width(wildcards):
-    return config["models"][wildcards.model].get("width", 1.0)
+    return config["models"][wildcards.model]["width"]
 
 
 def finetune_inputs(wildcards):
@@ -184,7 +182,7 @@ ALL_SCORES = [f"results/scores/{s}/{m}/{d}.csv" for s in METRICS for m, d in RUN
 # statistics (their only parameter is the number of groups, 0 when intervals are off), and the
 # score jobs resample them, so the resamples, level and seed rerun only score jobs.
 try:
-    BOOTSTRAP = BootstrapSpec.from_config(config.get("bootstrap"))
+    BOOTSTRAP = BootstrapSpec.from_config(config["bootstrap"])
 except (FeatdynError, TypeError) as exc:
     raise WorkflowError(f"bootstrap: {exc}") from None
 
@@ -221,7 +219,7 @@ def kept_intermediates():
         for e in range(final_epoch(m, d) + 1):
             files[f"results/checkpoints/{m}/{d}/epoch_{e}.json"] = "finetune_epoch"
         for e in analysed_epochs(m, d):
-            if config.get("retention", {}).get("activations", "keep") == "keep":  # dropped ones are meant to go
+            if config["retention"]["activations"] == "keep":  # dropped ones are meant to go
                 files[store_dir(m, d, e)] = "extract"
             for s in FILTER_METRICS:
                 files[filter_table(s, m, d, e)] = "filter_scores"
