@@ -113,7 +113,8 @@ def test_no_code_keeps_a_fallback_for_a_config_default():
     files = [REPO / "workflow/Snakefile", *(REPO / "workflow/rules").glob("*.smk"),
              *(REPO / "workflow/scripts").glob("*.py"), REPO / "src/featdyn/spec/config.py",
              REPO / "src/featdyn/nets/disk.py", REPO / "tools/plan.py"]
-    pattern = re.compile(r"""\.get\(\s*["'](%s)["']\s*,""" % "|".join(sorted(keys)))
+    alternatives = "|".join(sorted(keys))
+    pattern = re.compile(r"""\.get\(\s*["'](""" + alternatives + r""")["']\s*,""")
     for path in files:
         for n, line in enumerate(path.read_text().splitlines(), 1):
             assert not pattern.search(line), f"{path.relative_to(REPO)}:{n}: a fallback for a schema default: {line}"
