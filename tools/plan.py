@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "src"))
 from featdyn import FeatdynError  # noqa: E402
 from featdyn.nets.disk import DatasetSize, estimate, human, table  # noqa: E402
 from featdyn.spec import config as fdconfig  # noqa: E402
+from featdyn.spec import paths  # noqa: E402
 from featdyn.spec.fingerprints import image_files  # noqa: E402
 from featdyn.spec.replicates import replicates_of  # noqa: E402
 
@@ -73,7 +74,7 @@ def dataset_sizes(config: dict, workdir: Path, images: dict, classes: dict) -> t
         if "demo" in spec:
             found = (DEMO_SIZES[spec["demo"]].images, DEMO_SIZES[spec["demo"]].classes)
         else:
-            found = counted(fdconfig.dataset_roots(name, spec, f"results/data/{name}"), workdir)
+            found = counted(fdconfig.dataset_roots(name, spec, paths.DATA.format(dataset=name)), workdir)
             if found is None:
                 missing.append(name)
         n_images = images.get(name, found[0] if found else None)
@@ -163,8 +164,7 @@ def main() -> None:
 
     reps = sorted({replicates_of(config, m, d) for m in config["models"] for d in sizes})
     print(f"Plan for {' + '.join(str(f) for f in args.configfile)}: {len(config['models'])} models x "
-          f"{len(sizes)} datasets x {'/'.join(map(str, reps))} training replicate(s), "
-          f"{config.get('image_size', 224)} px")
+          f"{len(sizes)} datasets x {'/'.join(map(str, reps))} training replicate(s), {config['image_size']} px")
     print("datasets: " + ", ".join(f"{n} {s.images:,} images / {s.classes} classes"
                                    + (" (given)" if n in missing else "") for n, s in sizes.items()))
     print(f"\nJobs per rule (snakemake -n --forceall):\n{jobs}\n")

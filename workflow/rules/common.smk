@@ -9,9 +9,9 @@ from snakemake.logging import logger
 
 from featdyn import FeatdynError
 from featdyn.spec import config as fdconfig
-from featdyn.spec import fingerprints
+from featdyn.spec import fingerprints, paths
 from featdyn.engine.bootstrap import BootstrapSpec
-from featdyn.spec.hyperparams import epoch_params
+from featdyn.spec.hyperparams import epoch_params, training_config
 from featdyn.spec.replicates import REP_PATTERN, rep_index, rep_suffix, replicate_pairs, replicates_of
 
 if workflow.is_main_process:
@@ -27,8 +27,6 @@ if workflow.is_main_process:
         fdconfig.check(config)
     except FeatdynError as exc:
         raise WorkflowError(str(exc)) from None
-
-config = fdconfig.with_defaults(config)
 
 MODELS = list(config["models"])
 DATASETS = list(config["datasets"])
@@ -66,20 +64,23 @@ def retry_mem(mb):
 
 def retained(output, what):
     """An output that `retention.<what>: drop` marks temp(): deleted once every job reading it has run."""
-    return temp(output) if config.get("retention", {}).get(what, "keep") == "drop" else output
+    return temp(output) if config["retention"][what] == "drop" else output
 
 
 def data_dir(dataset):
-    return f"results/data/{dataset}"
+    return paths.DATA.format(dataset=dataset)
 
 
 def data_files(dataset):
-    d = data_dir(dataset)
-    return {"manifest": f"{d}/manifest.csv", "cache": f"{d}/cache.npy", "summary": f"{d}/dataset.json"}
+    return {
+        "manifest": paths.MANIFEST.format(dataset=dataset),
+        "cache": paths.CACHE.format(dataset=dataset),
+        "summary": paths.DATASET_SUMMARY.format(dataset=dataset),
+    }
 
 
 def training_params(wildcards):
-    return fdconfig.training_config(config, wildcards.model, wildcards.dataset, rep_index(wildcards.get("rep", "")))
+    return training_config(config, wildcards.model, wildcards.dataset, rep_index(wildcards.get("rep", "")))
 
 
 def epoch_training(wildcards):
@@ -89,7 +90,7 @@ def epoch_training(wildcards):
 
 
 def final_epoch(model, dataset):
-    return fdconfig.training_config(config, model, dataset)["epochs"]
+    return training_config(config, model, dataset)["epochs"]
 
 
 def analysed_epochs(model, dataset):
@@ -97,19 +98,19 @@ def analysed_epochs(model, dataset):
 
 
 def checkpoint_file(model, dataset, epoch, rep=""):
-    return f"results/checkpoints/{model}/{dataset}{rep}/epoch_{epoch}.pt"
+    return paths.CHECKPOINT.format(model=model, dataset=dataset, rep=rep, epoch=epoch)
 
 
 def resume_file(model, dataset, epoch, rep=""):
     """The optimizer state of an epoch (featdyn.nets.training.resume_path): temp(), read by the next epoch only."""
-    return f"results/checkpoints/{model}/{dataset}{rep}/epoch_{epoch}.resume.pt"
+    return paths.RESUME_STATE.format(model=model, dataset=dataset, rep=rep, epoch=epoch)
 
 
 def kept_resume_states():
     """The last epoch's resume state of every run, requested by the default target so that it is
     kept: raising training.epochs then continues from it. Not requested where the last checkpoint
     exists without it (dropped by retention.final_state, or deleted), which would retrain the chain."""
-    if config.get("retention", {}).get("final_state", "keep") == "drop":
+    if config["retention"]["final_state"] == "drop":
         return []
     wanted = []
     for m, d, rep in RUN_REPS:
@@ -120,7 +121,7 @@ def kept_resume_states():
 
 
 def store_dir(model, dataset, epoch, rep=""):
-    return f"results/activations/{model}/{dataset}{rep}/epoch_{epoch}.zarr"
+    return paths.STORE.format(model=model, dataset=dataset, rep=rep, epoch=epoch)
 
 
 def metric_block(wildcards):
@@ -156,14 +157,14 @@ def prepare_inputs(wildcards):
 
 
 def model_width(wildcards):
-    return config["models"][wildcards.model].get("width", 1.0)
+    return config["models"][wildcards.model]["width"]
 
 
 def finetune_inputs(wildcards):
     inputs = data_files(wildcards.dataset)
     epoch, rep = int(wildcards.epoch), wildcards.rep
     if epoch == 0:  # every replicate starts from the same source weights
-        inputs["weights"] = f"results/weights/{wildcards.model}.pt"
+        inputs["weights"] = paths.WEIGHTS.format(model=wildcards.model)
     else:
         inputs["previous"] = checkpoint_file(wildcards.model, wildcards.dataset, epoch - 1, rep)
     if epoch >= 2:  # epoch 1 starts a fresh optimizer: epoch 0's state is read by no job
@@ -175,30 +176,30 @@ FILTER_METRICS = [m for m in METRICS if fdconfig.metric_params(config, m)["granu
 
 
 def filter_table(metric, model, dataset, epoch, rep=""):
-    return f"results/filters/{metric}/{model}/{dataset}{rep}/epoch_{epoch}.csv"
+    return paths.FILTER_TABLE.format(metric=metric, model=model, dataset=dataset, rep=rep, epoch=epoch)
 
 
-def stats_file(model, dataset, name, rep=""):
-    return f"results/stats/{model}/{dataset}{rep}/{name}.npz"
+def source_stats_file(model, dataset, rep=""):
+    return paths.SOURCE_STATS.format(model=model, dataset=dataset, rep=rep)
 
 
 def replicate_stats_file(model, dataset, a, b, epoch):
     """Statistics of replicates a and b at one epoch (the noise floor)."""
-    return f"results/stats/{model}/{dataset}/replicates/{a}-{b}/epoch_{epoch}.npz"
+    return paths.REPLICATE_STATS.format(model=model, dataset=dataset, a=a, b=b, epoch=epoch)
 
 
 def replicate_filter_table(metric, model, dataset, a, b, epoch):
     """Per-filter distances between replicates a and b at one epoch (a filter metric's noise floor)."""
-    return f"results/filters/{metric}/{model}/{dataset}/replicates/{a}-{b}/epoch_{epoch}.csv"
+    return paths.REPLICATE_FILTER_TABLE.format(metric=metric, model=model, dataset=dataset, a=a, b=b, epoch=epoch)
 
 
 def null_file(model, dataset):
     """Statistics of the permutation null (replicate 0's source store against itself, images permuted)."""
-    return f"results/stats/{model}/{dataset}/null.npz"
+    return paths.NULL_STATS.format(model=model, dataset=dataset)
 
 
 # The permutation null (featdyn.engine.noise): a few seeded permutations of the probe images.
-NULL = {"permutations": 3, "seed": 0} | (config.get("permutation_null") or {})
+NULL = config["permutation_null"]
 
 
 def score_inputs(wildcards):
@@ -217,8 +218,8 @@ def score_inputs(wildcards):
             ],
         }
     inputs = {
-        "source": [stats_file(m, d, "source", r) for r in reps],
-        "epochs": [stats_file(m, d, f"epoch_{e}", r) for r in reps for e in epochs],
+        "source": [source_stats_file(m, d, r) for r in reps],
+        "epochs": [epoch_stats(m, d, e, r) for r in reps for e in epochs],
         "source_groups": [stats_groups(m, d, "source", r) for r in reps],
         "groups": [stats_groups(m, d, f"epoch_{e}", r) for r in reps for e in epochs],
         "pairs": [replicate_stats_file(m, d, a, b, e) for a, b in replicate_pairs(len(reps)) for e in epochs],
@@ -228,27 +229,31 @@ def score_inputs(wildcards):
     return inputs
 
 
-ALL_SCORES = [f"results/scores/{s}/{m}/{d}.csv" for s in METRICS for m, d in RUNS]
+ALL_SCORES = [paths.SCORES.format(metric=s, model=m, dataset=d) for s in METRICS for m, d in RUNS]
 
 # Bootstrap over the probe images (featdyn.engine.bootstrap): the statistics jobs keep per-image-group
 # statistics (their only parameter is the number of groups, 0 when intervals are off), and the
 # score jobs resample them, so the resamples, level and seed rerun only score jobs.
 try:
-    BOOTSTRAP = BootstrapSpec.from_config(config.get("bootstrap"))
+    BOOTSTRAP = BootstrapSpec.from_config(config["bootstrap"])
 except (FeatdynError, TypeError) as exc:
     raise WorkflowError(f"bootstrap: {exc}") from None
 
 
+def epoch_stats(model, dataset, epoch, rep=""):
+    return paths.EPOCH_STATS.format(model=model, dataset=dataset, rep=rep, epoch=epoch)
+
+
 def stats_groups(model, dataset, name, rep=""):
-    return f"results/stats/{model}/{dataset}{rep}/groups/{name}.npz"
+    return paths.STATS_GROUPS.format(model=model, dataset=dataset, rep=rep, name=name)
 
 
 def filter_groups(metric, model, dataset, epoch, rep=""):
-    return f"results/filters/{metric}/{model}/{dataset}{rep}/groups/epoch_{epoch}.npz"
+    return paths.FILTER_GROUPS.format(metric=metric, model=model, dataset=dataset, rep=rep, epoch=epoch)
 
 
 def replicates_file(metric, model, dataset):
-    return f"results/bootstrap/{metric}/{model}/{dataset}.npz"
+    return paths.BOOTSTRAP_REPLICATES.format(metric=metric, model=model, dataset=dataset)
 
 
 REPLICATE_KEYS = [[s, m, d] for s in METRICS for m, d in RUNS]
@@ -269,21 +274,21 @@ def kept_intermediates():
     files = {}
     for m, d, r in RUN_REPS:
         for e in range(final_epoch(m, d) + 1):
-            files[f"results/checkpoints/{m}/{d}{r}/epoch_{e}.json"] = "finetune_epoch"
+            files[paths.EPOCH_METRICS.format(model=m, dataset=d, rep=r, epoch=e)] = "finetune_epoch"
         for e in analysed_epochs(m, d):
-            if config.get("retention", {}).get("activations", "keep") == "keep":  # dropped ones are meant to go
+            if config["retention"]["activations"] == "keep":  # dropped ones are meant to go
                 files[store_dir(m, d, e, r)] = "extract"
             for s in FILTER_METRICS:
                 files[filter_table(s, m, d, e, r)] = "filter_scores"
                 files[filter_groups(s, m, d, e, r)] = "filter_scores"
             if len(FILTER_METRICS) < len(METRICS):
-                files[stats_file(m, d, f"epoch_{e}", r)] = "layer_stats"
+                files[epoch_stats(m, d, e, r)] = "layer_stats"
                 files[stats_groups(m, d, f"epoch_{e}", r)] = "layer_stats"
     return files
 
 
 def warn_missing_intermediates():
-    if not workflow.is_main_process or not os.path.exists("results/tables/table2_reusability.csv"):
+    if not workflow.is_main_process or not os.path.exists(paths.TABLE.format(name="table2_reusability", ext="csv")):
         return
     missing = {path: rule for path, rule in kept_intermediates().items() if not os.path.exists(path)}
     if missing:
@@ -309,7 +314,7 @@ def visual_epochs(model, dataset):
 
 
 def units_table(model, dataset):
-    return f"results/figures/units_{model}_{dataset}.csv"
+    return paths.UNITS.format(model=model, dataset=dataset)
 
 
 def visualize_inputs(wildcards):
@@ -326,7 +331,7 @@ def visualize_inputs(wildcards):
 
 
 VISUAL_FIGURES = [
-    f"results/figures/{kind}_{m}_{d}.{ext}"
+    paths.VISUAL_FIGURE.format(kind=kind, model=m, dataset=d, ext=ext)
     for kind in ("patches", "heatmaps")
     for m, d in RUNS
     for ext in ("png", "pdf")

@@ -8,7 +8,7 @@ rule extract:
         # the file whose sha256 the store records; the similarity rules hash the same checkpoint_file
         checkpoint=checkpoint_file("{model}", "{dataset}", "{epoch}", "{rep}"),
     output:
-        retained(directory(store_dir("{model}", "{dataset}", "{epoch}", "{rep}")), "activations"),
+        retained(directory("results/activations/{model}/{dataset}{rep}/epoch_{epoch}.zarr"), "activations"),
     log:
         "results/logs/extract/{model}/{dataset}{rep}/epoch_{epoch}.log",
     benchmark:

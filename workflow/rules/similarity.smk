@@ -15,7 +15,7 @@ rule source_stats:
         summary=lambda w: data_files(w.dataset)["summary"],
         checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0, w.rep),
     output:
-        stats_file("{model}", "{dataset}", "source", "{rep}"),
+        "results/stats/{model}/{dataset}{rep}/source.npz",
         groups=stats_groups("{model}", "{dataset}", "source", "{rep}"),
     log:
         "results/logs/source_stats/{model}/{dataset}{rep}.log",
@@ -39,13 +39,13 @@ rule layer_stats:
     input:
         source_store=lambda w: store_dir(w.model, w.dataset, 0, w.rep),
         store=lambda w: store_dir(w.model, w.dataset, w.epoch, w.rep),
-        source_stats=stats_file("{model}", "{dataset}", "source", "{rep}"),
+        source_stats="results/stats/{model}/{dataset}{rep}/source.npz",
         source_groups=stats_groups("{model}", "{dataset}", "source", "{rep}"),
         summary=lambda w: data_files(w.dataset)["summary"],
         source_checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0, w.rep),
         checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch, w.rep),
     output:
-        stats_file("{model}", "{dataset}", "epoch_{epoch}", "{rep}"),
+        "results/stats/{model}/{dataset}{rep}/epoch_{epoch}.npz",
         groups=stats_groups("{model}", "{dataset}", "epoch_{epoch}", "{rep}"),
     log:
         "results/logs/layer_stats/{model}/{dataset}{rep}/epoch_{epoch}.log",
@@ -73,7 +73,7 @@ rule filter_scores:
         source_checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0, w.rep),
         checkpoint=lambda w: checkpoint_file(w.model, w.dataset, w.epoch, w.rep),
     output:
-        filter_table("{metric}", "{model}", "{dataset}", "{epoch}", "{rep}"),
+        "results/filters/{metric}/{model}/{dataset}{rep}/epoch_{epoch}.csv",
         groups=filter_groups("{metric}", "{model}", "{dataset}", "{epoch}", "{rep}"),
     log:
         "results/logs/filter_scores/{metric}/{model}/{dataset}{rep}/epoch_{epoch}.log",
@@ -104,7 +104,7 @@ rule replicate_stats:
         checkpoint_a=lambda w: checkpoint_file(w.model, w.dataset, w.epoch, rep_suffix(w.a)),
         checkpoint_b=lambda w: checkpoint_file(w.model, w.dataset, w.epoch, rep_suffix(w.b)),
     output:
-        replicate_stats_file("{model}", "{dataset}", "{a}", "{b}", "{epoch}"),
+        "results/stats/{model}/{dataset}/replicates/{a}-{b}/epoch_{epoch}.npz",
     log:
         "results/logs/replicate_stats/{model}/{dataset}/{a}-{b}/epoch_{epoch}.log",
     benchmark:
@@ -133,7 +133,7 @@ rule replicate_filter_scores:
         checkpoint_a=lambda w: checkpoint_file(w.model, w.dataset, w.epoch, rep_suffix(w.a)),
         checkpoint_b=lambda w: checkpoint_file(w.model, w.dataset, w.epoch, rep_suffix(w.b)),
     output:
-        replicate_filter_table("{metric}", "{model}", "{dataset}", "{a}", "{b}", "{epoch}"),
+        "results/filters/{metric}/{model}/{dataset}/replicates/{a}-{b}/epoch_{epoch}.csv",
     log:
         "results/logs/replicate_filter_scores/{metric}/{model}/{dataset}/{a}-{b}/epoch_{epoch}.log",
     benchmark:
@@ -159,11 +159,11 @@ rule replicate_filter_scores:
 rule null_stats:
     input:
         store=lambda w: store_dir(w.model, w.dataset, 0),
-        source_stats=stats_file("{model}", "{dataset}", "source"),
+        source_stats=lambda w: source_stats_file(w.model, w.dataset),
         summary=lambda w: data_files(w.dataset)["summary"],
         checkpoint=lambda w: checkpoint_file(w.model, w.dataset, 0),
     output:
-        null_file("{model}", "{dataset}"),
+        "results/stats/{model}/{dataset}/null.npz",
     log:
         "results/logs/null_stats/{model}/{dataset}.log",
     benchmark:

@@ -5,7 +5,11 @@
 
 rule table1:
     input:
-        [f"results/checkpoints/{m}/{d}{r}/epoch_{e}.json" for m, d, r in RUN_REPS for e in range(final_epoch(m, d) + 1)],
+        [
+            paths.EPOCH_METRICS.format(model=m, dataset=d, rep=r, epoch=e)
+            for m, d, r in RUN_REPS
+            for e in range(final_epoch(m, d) + 1)
+        ],
     output:
         csv="results/tables/table1_accuracy.csv",
         md="results/tables/table1_accuracy.md",

@@ -1,8 +1,8 @@
+from featdyn.atomic import write_csv
 from featdyn.data.stores import expected_attrs
 from featdyn.engine.linalg import pick_device
 from featdyn.engine.similarity import filter_scores_from_stores
 from featdyn.progress import job_setup
-from featdyn.report.tables import write_csv
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="replicate_filter_scores")
 w, i, p = snakemake.wildcards, snakemake.input, snakemake.params

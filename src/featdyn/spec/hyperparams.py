@@ -12,7 +12,9 @@ epochs without retraining the earlier ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+
+from featdyn.spec.replicates import replicate_seed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,3 +64,16 @@ def epoch_params(training: dict, epoch: int) -> dict:
     if epoch >= 1 and out["optimizer"] != "sgd":
         out.pop("momentum")
     return out
+
+
+def training_config(config: dict, model: str, dataset: str, replicate: int = 0) -> dict:
+    """The training block for one run: defaults < global ``training`` < model's < dataset's; for
+    a training replicate r >= 1 the seed is derived from (seed, r) (featdyn.spec.replicates)."""
+    cfg = asdict(TrainConfig()) | {"seed": config.get("seed", 0)}
+    cfg.pop("extra")
+    for block in (config.get("training") or {}, config["models"][model].get("training") or {},
+                  config["datasets"][dataset].get("training") or {}):
+        cfg |= block
+    if replicate:
+        cfg["seed"] = replicate_seed(cfg["seed"], replicate)
+    return cfg
