@@ -27,7 +27,7 @@ TRACKED = {
     "extract": {
         "atomic", "data.datasets", "data.download", "data.prefetch", "data.stores", "engine.linalg", "finite",
         "nets.batches", "nets.checkpoints", "nets.extraction", "nets.layers", "nets.models", "progress",
-        "spec.fingerprints", "spec.hyperparams"},
+        "spec.fingerprints", "spec.hyperparams", "spec.replicates"},
     "fetch_weights": {"atomic", "data.download", "nets.models", "progress"},
     "filter_scores": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
@@ -35,11 +35,11 @@ TRACKED = {
         "spec.metric_kinds"},
     "findings": {
         "atomic", "engine.bootstrap", "engine.filterwise", "engine.linalg", "engine.metrics", "engine.stats",
-        "finite", "progress", "report.findings", "report.tables", "spec.metric_kinds"},
+        "finite", "progress", "report.findings", "report.replicas", "report.tables", "spec.metric_kinds"},
     "finetune_epoch": {
         "atomic", "data.datasets", "data.download", "data.prefetch", "engine.linalg", "finite",
         "nets.batches", "nets.checkpoints", "nets.models", "nets.training", "progress", "spec.fingerprints",
-        "spec.hyperparams"},
+        "spec.hyperparams", "spec.replicates"},
     "layer_stats": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
         "engine.metrics", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
@@ -47,13 +47,23 @@ TRACKED = {
     "materialise_demo": {"atomic", "data.demo_data", "progress"},
     "metric_correlation": {
         "atomic", "engine.bootstrap", "engine.filterwise", "engine.linalg", "engine.metrics", "engine.stats",
-        "finite", "progress", "report.correlation", "report.tables", "spec.metric_kinds"},
+        "finite", "progress", "report.correlation", "report.replicas", "report.tables", "spec.metric_kinds"},
+    "null_stats": {
+        "atomic", "data.download", "data.stores", "engine.linalg", "engine.noise", "engine.stats", "finite",
+        "progress"},
     "prepare_dataset": {"atomic", "data.datasets", "data.prefetch", "progress", "spec.fingerprints"},
-    "score": {
+    "replicate_filter_scores": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
         "engine.metrics", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
         "spec.metric_kinds"},
-    "similarity_curves": {"atomic", "progress", "report.figures"},
+    "replicate_stats": {
+        "atomic", "data.download", "data.stores", "engine.linalg", "engine.noise", "engine.stats", "finite",
+        "progress"},
+    "score": {
+        "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.floor",
+        "engine.linalg", "engine.metrics", "engine.noise", "engine.similarity", "engine.stats", "finite",
+        "progress", "spec.columns", "spec.metric_kinds", "spec.replicates"},
+    "similarity_curves": {"atomic", "progress", "report.figures", "report.replicas"},
     "source_stats": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
         "engine.metrics", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
@@ -63,7 +73,7 @@ TRACKED = {
         "finite", "progress", "report.tables", "spec.metric_kinds"},
     "table2": {
         "atomic", "engine.bootstrap", "engine.filterwise", "engine.linalg", "engine.metrics", "engine.stats",
-        "finite", "progress", "report.tables", "spec.metric_kinds"},
+        "finite", "progress", "report.replicas", "report.tables", "spec.metric_kinds"},
     "visualize": {
         "atomic", "data.datasets", "data.download", "data.prefetch", "data.stores", "engine.bootstrap",
         "engine.filterwise", "engine.linalg", "engine.metrics", "engine.similarity", "engine.stats", "finite",
@@ -97,7 +107,8 @@ def test_a_script_tracks_exactly_its_pinned_modules(script):
         "TRACKED only if the script really runs that code.")
 
 
-STATISTICS = ("source_stats", "layer_stats", "filter_scores", "score")
+STATISTICS = ("source_stats", "layer_stats", "filter_scores", "score", "replicate_stats", "replicate_filter_scores",
+              "null_stats")
 TRAINING = ("finetune_epoch", "extract")
 REPORTING = ("table1", "table2", "metric_correlation", "findings", "similarity_curves")
 
