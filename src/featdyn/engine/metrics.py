@@ -256,8 +256,9 @@ def cka_debiased(s: PairStats) -> float:
     Cauchy-Schwarz inequality of the U-centred inner product. Needs n >= 4 observations and the
     per-observation statistics of :class:`featdyn.engine.stats.Accumulator`."""
     if any(t is None for t in (s.x.sq, s.x.q, s.y.sq, s.y.q, s.ab, s.rxy, s.ryx)):
-        raise FeatdynError("debiased cka needs the per-observation statistics (sum of squared row norms); these "
-                           "statistics were accumulated without them: recompute them with this featdyn")
+        raise FeatdynError("debiased cka needs the per-observation statistics (sums of fourth powers of the "
+                           "activations); these statistics lack them: accumulated by an older featdyn (recompute "
+                           "them), or overflowed float64 (activations of magnitude ~1e75 or more)")
     if s.n < 4:
         return _undefined("cka (debiased): fewer than 4 observations")
     kl, kk, ll = _hsic_terms(s)

@@ -218,6 +218,17 @@ class Accumulator:
             else:
                 self.fourth[key] = t.clone()
 
+    def _finite_fourth(self) -> dict[str, torch.Tensor]:
+        """The unbiased HSIC's terms, or none where a side's fourth powers overflowed float64
+        (activations ~1e75 and beyond): only debiased CKA needs them, and it then says so; every
+        other metric of these statistics is unaffected."""
+        f = dict(self.fourth)
+        for keys in (("x_sq", "x_q"), ("y_sq", "y_q", "ab", "rxy", "ryx")):
+            if not all(all_finite(f[k]) for k in keys if k in f):
+                for k in keys + (("ab", "rxy", "ryx") if keys[0] == "x_sq" else ()):
+                    f.pop(k, None)
+        return f
+
     def _products_cpu(self, xb: torch.Tensor, yb: torch.Tensor | None, stacked: torch.Tensor | None) -> None:
         """One syrk of [X | Y] (of X alone without Y) in row parts on all threads, summed in order.
 
@@ -252,16 +263,14 @@ class Accumulator:
         if self.n == 0:
             raise FeatdynError("no rows were accumulated")
         check_sums(self.sx, self.xx)
-        f = self.fourth
-        check_sums(*(f[k] for k in ("x_sq", "x_q") if k in f))
+        f = self._finite_fourth()
         return SideStats(self.n, self.x_shift, self.sx, self.xx, f.get("x_sq"), f.get("x_q"))
 
     def pair(self) -> PairStats:
         if self.xy is None:
             raise FeatdynError("no Y rows were accumulated")
         check_sums(self.sy, self.yy, self.xy)
-        f = self.fourth
-        check_sums(*(f[k] for k in ("y_sq", "y_q", "ab", "rxy", "ryx") if k in f))
+        f = self._finite_fourth()
         return PairStats(self.side(), SideStats(self.n, self.y_shift, self.sy, self.yy, f.get("y_sq"), f.get("y_q")),
                          self.xy, f.get("ab"), f.get("rxy"), f.get("ryx"))
 
