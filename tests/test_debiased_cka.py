@@ -89,3 +89,14 @@ def test_statistics_without_the_per_observation_terms_are_refused_and_the_option
     assert metric_params(cfg, "c") == {"kind": "cka", "granularity": "layer", "debiased": True}
     with pytest.raises(FeatdynError, match="debiased"):
         metric_params(cfg, "p")
+
+
+def test_activations_too_large_for_fourth_powers_refuse_only_debiased_cka():
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((30, 4)), rng.standard_normal((30, 4))
+    # 1e100: squares fit float64 (the other metrics are unchanged), fourth powers do not
+    assert distance("cka", x * 1e100, y, device="cpu") == pytest.approx(distance("cka", x, y, device="cpu"))
+    with pytest.raises(FeatdynError, match="overflowed float64"):
+        distance("cka", x * 1e100, y, device="cpu", debiased=True)
+    assert distance("cka", x * 1e30, y, device="cpu", debiased=True) == pytest.approx(
+        distance("cka", x, y, device="cpu", debiased=True), rel=1e-9)
