@@ -149,6 +149,55 @@ def _mobilenet_v2(arch: str, width: float) -> nn.Module:
     return torchvision.models.get_model(arch, weights=None, width_mult=width)
 
 
+def _multiple(value: int, width: float, of: int) -> int:
+    """``value * width`` rounded to a multiple of ``of`` (at least ``of``): attention heads must
+    divide the embedding."""
+    return max(of, round(value * width / of) * of)
+
+
+def _vit(arch: str, width: float) -> nn.Module:
+    """A torchvision ViT with its embedding and MLP scaled (same heads, depth, patch, image size)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    with torch.device("meta"):
+        full = torchvision.models.get_model(arch, weights=None)
+    heads = full.encoder.layers[0].self_attention.num_heads
+    return VisionTransformer(full.image_size, full.patch_size, len(full.encoder.layers), heads,
+                             _multiple(full.hidden_dim, width, heads), _scaled(full.mlp_dim, width))
+
+
+def _swin(arch: str, width: float) -> nn.Module:
+    """A torchvision Swin (v1 or v2) with its embedding scaled (same depths, heads, windows)."""
+    from torchvision.models import swin_transformer as tv_swin
+
+    with torch.device("meta"):
+        full = torchvision.models.get_model(arch, weights=None)
+    stages = [full.features[i] for i in range(1, len(full.features), 2)]
+    first = stages[0][0]
+    heads = [stage[0].attn.num_heads for stage in stages]
+    v2 = isinstance(first, tv_swin.SwinTransformerBlockV2)
+    return tv_swin.SwinTransformer(
+        patch_size=list(full.features[0][0].kernel_size), embed_dim=_multiple(full.features[0][0].out_channels,
+                                                                               width, heads[0]),
+        depths=[len(stage) for stage in stages], num_heads=heads, window_size=list(first.attn.window_size),
+        stochastic_depth_prob=stages[-1][-1].stochastic_depth.p,
+        block=tv_swin.SwinTransformerBlockV2 if v2 else tv_swin.SwinTransformerBlock,
+        downsample_layer=tv_swin.PatchMergingV2 if v2 else tv_swin.PatchMerging)
+
+
+def _convnext(arch: str, width: float) -> nn.Module:
+    """A torchvision ConvNeXt with every stage's channels scaled (same depths)."""
+    from torchvision.models import convnext as tv_convnext
+
+    with torch.device("meta"):
+        full = torchvision.models.get_model(arch, weights=None)
+    stages = [full.features[i] for i in range(1, len(full.features), 2)]
+    channels = [_scaled(stage[0].block[0].in_channels, width) for stage in stages]
+    setting = [tv_convnext.CNBlockConfig(c, channels[i + 1] if i + 1 < len(stages) else None, len(stage))
+               for i, (c, stage) in enumerate(zip(channels, stages))]
+    return tv_convnext.ConvNeXt(setting, stochastic_depth_prob=stages[-1][-1].stochastic_depth.p)
+
+
 def _scaler(arch: str) -> Callable[[str, float], nn.Module] | None:
     if arch.removesuffix("_bn") in _VGG_CFG:
         return _vgg
@@ -158,6 +207,12 @@ def _scaler(arch: str) -> Callable[[str, float], nn.Module] | None:
         return _densenet
     if arch == "mobilenet_v2":
         return _mobilenet_v2
+    if arch.startswith("vit_"):
+        return _vit
+    if arch.startswith("swin_"):
+        return _swin
+    if arch.startswith("convnext_"):
+        return _convnext
     return None
 
 
@@ -165,8 +220,9 @@ def check_width(arch: str, width: float) -> None:
     if width <= 0:
         raise FeatdynError(f"width must be positive, got {width}")
     if width != 1 and _scaler(arch) is None:
-        raise FeatdynError(f"width {width}: reduced widths exist for vgg*, resnet*, wide_resnet*, densenet* and "
-                           f"mobilenet_v2, not {arch!r}; use width 1")
+        raise FeatdynError(f"width {width}: reduced widths exist for vgg*, resnet*, wide_resnet*, densenet*, "
+                           f"mobilenet_v2, vit_*, swin_* and convnext_*, not {arch!r} (its channel counts are "
+                           f"tied to searched or grouped settings that a multiplier would break); use width 1")
 
 
 def construct(arch: str, width: float = 1.0, *, meta: bool = False) -> nn.Module:

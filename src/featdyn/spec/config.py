@@ -14,6 +14,7 @@ from pathlib import Path
 
 from featdyn import FeatdynError
 from featdyn.spec.hyperparams import TrainConfig
+from featdyn.spec.layouts import TOKEN_READINGS
 from featdyn.spec.metric_kinds import FILTER_KINDS, check_params
 
 DATASET_SOURCES = ("demo", "path", "train", "test", "url")
@@ -96,19 +97,33 @@ def metric_params(config: dict, metric: str) -> dict:
     block = dict(config["metrics"][metric])
     kind = block.pop("kind")
     granularity = block.pop("granularity", "layer")
+    tokens = block.pop("tokens", "patches")
     if granularity == "filter" and kind not in FILTER_KINDS:
         raise FeatdynError(f"metrics.{metric}: granularity 'filter' exists for {list(FILTER_KINDS)}, not {kind!r}")
+    if tokens not in TOKEN_READINGS:
+        raise FeatdynError(f"metrics.{metric}.tokens: {tokens!r}; expected one of {list(TOKEN_READINGS)}")
+    if granularity == "filter" and tokens != "patches":
+        raise FeatdynError(f"metrics.{metric}.tokens: {tokens!r} gives one value per image and filter, no map: "
+                           f"filter granularity reads a token layer's patch grid (tokens: patches)")
     try:
         params = check_params(kind, block)
     except FeatdynError as exc:
         raise FeatdynError(f"metrics.{metric}: {exc}") from None
-    return {"kind": kind, "granularity": granularity, **params}
+    # `tokens` only where it is not the default: configs without token readings keep their params
+    return {"kind": kind, "granularity": granularity, **({"tokens": tokens} if tokens != "patches" else {}), **params}
+
+
+def token_readings(config: dict) -> list[str]:
+    """The token readings besides the patch grid that the layer metrics ask for ('cls', 'mean'):
+    the statistics jobs keep them for every token layer."""
+    wanted = {metric_params(config, m).get("tokens", "patches") for m in config["metrics"]}
+    return sorted(wanted - {"patches"})
 
 
 def check(config: dict, base: str | Path = ".") -> None:
     """Raise FeatdynError naming every problem found in ``config`` (paths relative to ``base``)."""
     from featdyn.data.datasets import check_training_tree, check_tree
-    from featdyn.nets.layers import layer_shapes
+    from featdyn.nets.layouts import layer_layouts
     from featdyn.nets.models import check_arch, check_width, is_weights_file, resolve_weights
     from featdyn.spec.layer_presets import PRESETS
 
@@ -148,12 +163,15 @@ def check(config: dict, base: str | Path = ".") -> None:
                 raise FeatdynError(f"models.{name}.layers: no preset for {spec['arch']!r} "
                                    f"(presets: {sorted(PRESETS)}); give a list of module paths")
             # A forward pass on the meta device (no weights; up to a second for a DenseNet) finds
-            # unknown paths and modules called several times without @k before any job runs; once
-            # per distinct (arch, layers): a grid of many models of a few architectures pays it once.
+            # unknown paths, modules called several times without @k and layers whose feature axis
+            # cannot be decided (featdyn.nets.layouts) before any job runs; once per distinct
+            # (arch, layers, layout): a grid of many models of a few architectures pays it once.
             try:
-                key = (spec["arch"], tuple(layers_of(config, name)), int(config.get("image_size", 224)))
+                layout = spec.get("layout")
+                key = (spec["arch"], tuple(layers_of(config, name)), int(config.get("image_size", 224)), width,
+                       repr(layout))
                 if key not in checked_layers:
-                    layer_shapes(*key)
+                    layer_layouts(*key[:4], layout)
                     checked_layers.add(key)
             except FeatdynError as exc:
                 raise FeatdynError(f"models.{name}.layers: {exc}") from None
