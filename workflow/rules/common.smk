@@ -26,6 +26,15 @@ if workflow.is_main_process:
         fdconfig.check(config)
     except FeatdynError as exc:
         raise WorkflowError(str(exc)) from None
+    # `layers: auto` (the default without a paper preset): resolved by the check, said here
+    from featdyn.spec.layer_presets import PRESETS as _PRESETS
+
+    for _name, _spec in config["models"].items():
+        if _spec.get("layers", "preset" if _spec["arch"] in _PRESETS else "auto") == "auto":
+            try:
+                logger.info(f"models.{_name}.layers (auto): {fdconfig.layers_of(config, _name)}")
+            except FeatdynError:
+                pass
 
 config = fdconfig.with_defaults(config)
 

@@ -231,7 +231,7 @@ class ActivationStore:
         try:
             self.layers: list[str] = list(self.attrs["layers"])
             self.n = int(self.attrs["n"])
-            self.layouts: dict[str, dict] = dict(self.attrs["layouts"])
+            self.layouts: dict[str, dict] = dict(self.attrs.get("layouts") or {})
             self.parts: list[str] = self.layers + prefix_arrays(self.layouts)
         except (KeyError, TypeError, ValueError) as exc:
             raise FeatdynError(f"activation store {self.path}: bad or missing attribute {exc}") from exc

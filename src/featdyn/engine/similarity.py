@@ -80,6 +80,10 @@ def readings(store: ActivationStore, tokens: Sequence[str] = ()) -> list[tuple[s
     return out
 
 
+def _named(layer: str, reading: str) -> str:
+    return repr(layer) if reading == "patches" else f"{layer!r} (tokens: {reading})"
+
+
 def reading_batches(store: ActivationStore, layer: str, reading: str,
                     batch: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(start, block) of a layer's ``reading``: the stored maps ('patches'), the class token, one
@@ -119,7 +123,7 @@ def source_group_stats_from_store(path: str | os.PathLike, device: torch.device 
     store = open_store(path, {**(expect or {}), "epoch": 0})
     out, grouped = {}, {}
     for key, layer, reading in readings(store, tokens):
-        with about(f"activation store {path}, layer {layer!r} ({reading}), epoch 0", path):
+        with about(f"activation store {path}, layer {_named(layer, reading)}, epoch 0", path):
             acc = Accumulator(device)
             gacc = GroupAccumulator(image_groups(store.n, groups), device) if groups else None
             for start, block in reading_batches(store, layer, reading):
@@ -173,7 +177,7 @@ def pair_group_stats_from_stores(source_path: str | os.PathLike, target_path: st
                     gacc.update(start, xb, yb)
                 yield xb, yb
 
-        with about(f"activation stores {source_path} and {target_path}, layer {layer!r} ({reading}), "
+        with about(f"activation stores {source_path} and {target_path}, layer {_named(layer, reading)}, "
                    f"epoch {tgt.attrs.get('epoch')}", source_path, target_path):
             out[key] = stream_pair(blocks(), device, source=source[key])
             if gacc is not None:

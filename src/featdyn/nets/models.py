@@ -234,8 +234,11 @@ def construct(arch: str, width: float = 1.0, *, meta: bool = False) -> nn.Module
     check_arch(arch)
     check_width(arch, width)
     if meta:
-        with torch.device("meta"):
-            return construct(arch, width)
+        try:
+            with torch.device("meta"):
+                return construct(arch, width)
+        except (NotImplementedError, RuntimeError):  # a constructor computing with tensors (RegNet's widths)
+            return construct(arch, width).to("meta")
     if width == 1:
         return torchvision.models.get_model(arch, weights=None)
     return _scaler(arch)(arch, width)

@@ -85,10 +85,15 @@ def dataset_roots(name: str, spec: dict, data_dir: str) -> dict[str, str]:
 
 
 def layers_of(config: dict, model: str) -> list[str]:
-    from featdyn.spec.layer_presets import preset
+    """The model's layers: a list given in the config, the paper's ``preset``, or ``auto``
+    (featdyn.nets.auto_layers); without ``layers``, the preset where there is one, else auto."""
+    from featdyn.spec.auto_layers import auto_layers_of
+    from featdyn.spec.layer_presets import PRESETS, preset
 
     spec = config["models"][model]
-    layers = spec.get("layers", "preset")
+    layers = spec.get("layers", "preset" if spec["arch"] in PRESETS else "auto")
+    if layers == "auto":
+        return auto_layers_of(spec["arch"], spec.get("width", 1.0), int(config.get("image_size", 224)))
     return preset(spec["arch"]) if layers == "preset" else list(layers)
 
 
@@ -159,9 +164,9 @@ def check(config: dict, base: str | Path = ".") -> None:
                     resolve_weights(spec["arch"], weights)
                 except FeatdynError as exc:
                     raise FeatdynError(f"models.{name}.weights: {exc}") from None
-            if spec.get("layers", "preset") == "preset" and spec["arch"] not in PRESETS:
+            if spec.get("layers") == "preset" and spec["arch"] not in PRESETS:
                 raise FeatdynError(f"models.{name}.layers: no preset for {spec['arch']!r} "
-                                   f"(presets: {sorted(PRESETS)}); give a list of module paths")
+                                   f"(presets: {sorted(PRESETS)}); use auto or give a list of module paths")
             # A forward pass on the meta device (no weights; up to a second for a DenseNet) finds
             # unknown paths, modules called several times without @k and layers whose feature axis
             # cannot be decided (featdyn.nets.layouts) before any job runs; once per distinct
