@@ -19,21 +19,27 @@ from metric_reference import ref_procrustes, single_thread  # noqa: F401 - an au
 
 pytestmark = pytest.mark.workflow
 
-# Small but real: Swin-T and ViT-B/16 at a quarter / a sixteenth of their width, at 224 px (a
-# torchvision ViT takes exactly the image size it was built for), random initialisation.
+# Small but real, random initialisation, no `layers:` (layers: auto): Swin-T, ConvNeXt-T at a
+# quarter and ViT-B/16 at a sixteenth of their width, EfficientNet-B0 as it is, at 224 px (a
+# torchvision ViT takes exactly the image size it was built for).
 MODELS = {
-    "swin": {"arch": "swin_t", "weights": None, "width": 0.25, "layers": ["features.1", "features.3"]},
-    "vit": {"arch": "vit_b_16", "weights": None, "width": 0.0625,
-            "layers": ["encoder.layers.encoder_layer_5", "encoder.ln"]},
+    "swin": {"arch": "swin_t", "weights": None, "width": 0.25},
+    "vit": {"arch": "vit_b_16", "weights": None, "width": 0.0625},
+    "convnext": {"arch": "convnext_tiny", "weights": None, "width": 0.25},
+    "effnet": {"arch": "efficientnet_b0", "weights": None},
 }
+AUTO = {"swin": ["features.1.1", "features.3.1", "features.5.5", "norm"],
+        "vit": [f"encoder.layers.encoder_layer_{i}" for i in (2, 5, 8, 11)] + ["encoder.ln"],
+        "convnext": ["features.1.2", "features.3.2", "features.5.8", "features.7.2"],
+        "effnet": ["features.1.0", "features.2.1", "features.3.1", "features.5.2", "features.8"]}
 
 
 def arch_config(tmp, models=MODELS, **over) -> dict:
-    make_tree(tmp / "data" / "colours", classes=2, per_class=8, size=20)
+    make_tree(tmp / "data" / "colours", classes=2, per_class=6, size=20)
     cfg = {
         "seed": 0, "image_size": 224, "device": "cpu", "models": models,
         "datasets": {"colours": {"path": "data/colours"}},
-        "split": {"test_fraction": 0.25, "seed": 0}, "probe": {"per_class": 2, "seed": 0},
+        "split": {"test_fraction": 0.34, "seed": 0}, "probe": {"per_class": 2, "seed": 0},
         "training": {"epochs": 1, "batch_size": 4, "lr": 1e-3},
         "extraction": {"batch_size": 4},
         "bootstrap": {"resamples": 20, "groups": 2},
@@ -41,8 +47,7 @@ def arch_config(tmp, models=MODELS, **over) -> dict:
                                    "filter_scores", "score")},
         "metrics": {"procrustes": {"kind": "procrustes"},
                     "procrustes_cls": {"kind": "procrustes", "tokens": "cls"},
-                    "procrustes_mean": {"kind": "procrustes", "tokens": "mean"},
-                    "procrustes_f": {"kind": "procrustes", "granularity": "filter"}},
+                    "procrustes_mean": {"kind": "procrustes", "tokens": "mean"}},
     }
     cfg.update(over)
     return cfg
@@ -50,13 +55,11 @@ def arch_config(tmp, models=MODELS, **over) -> dict:
 
 @pytest.fixture(scope="session")
 def arch_run(tmp_path_factory, offline_torch_home):
-    """The score files of Swin and ViT on tiny data (one shared run)."""
+    """One complete run (every stage, figures included) of four families on tiny data."""
     workdir = tmp_path_factory.mktemp("arch_run")
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(arch_config(workdir)))
-    targets = [f"results/scores/{metric}/{model}/colours.csv" for metric in
-               ("procrustes", "procrustes_cls", "procrustes_mean", "procrustes_f") for model in MODELS]
-    snakemake(workdir, "--configfile", str(path), "--cores", "2", *targets)
+    snakemake(workdir, "--configfile", str(path), "--cores", "2")
     return workdir
 
 
@@ -87,7 +90,7 @@ def score(workdir, metric: str, model: str, layer: str, epoch: int = 1) -> float
 
 def test_channels_last_swin_is_scored_over_its_channels(arch_run):
     """Swin's stages are (N, H, W, C): observations are (image, y, x), features the last axis."""
-    for layer in MODELS["swin"]["layers"]:
+    for layer in AUTO["swin"][:2]:
         a, b = hooked(arch_run, "swin", 0, layer), hooked(arch_run, "swin", 1, layer)
         assert a.ndim == 4 and a.shape[1] == a.shape[2], "Swin's stage output is (N, H, W, C)"
         want = ref_procrustes(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]))
@@ -101,7 +104,7 @@ def test_channels_last_swin_is_scored_over_its_channels(arch_run):
 def test_vit_token_layers_patches_cls_and_mean(arch_run):
     """A ViT layer is (N, 197, C): the patch tokens are the observations, the class token is
     excluded; `tokens: cls` reads the class token alone, `tokens: mean` the mean patch token."""
-    for layer in MODELS["vit"]["layers"]:
+    for layer in AUTO["vit"][-2:]:
         a, b = hooked(arch_run, "vit", 0, layer), hooked(arch_run, "vit", 1, layer)
         assert a.shape[1:] == (197, 48)
         c = a.shape[-1]
@@ -114,11 +117,8 @@ def test_vit_token_layers_patches_cls_and_mean(arch_run):
         with_cls = ref_procrustes(a.reshape(-1, c), b.reshape(-1, c))
         assert abs(with_cls - patches) > 1e-6, "the class token must make a difference here"
     # tokens: on a model without token layers reads its maps as they are
-    for layer in MODELS["swin"]["layers"]:
+    for layer in AUTO["swin"]:
         assert score(arch_run, "procrustes_cls", "swin", layer) == score(arch_run, "procrustes", "swin", layer)
-    # filter granularity reads the 14 x 14 patch grid: one row per (layer, epoch)
-    filt = pd.read_csv(arch_run / "results/scores/procrustes_f/vit/colours.csv")
-    assert len(filt) == 4 and filt["value"].notna().all()
     # bootstrap intervals resample images (2 groups here), never tokens: intervals exist
     scores = pd.read_csv(arch_run / "results/scores/procrustes_cls/vit/colours.csv")
     assert scores[scores["epoch"] == 1][["ci_low", "ci_high"]].notna().all().all()
@@ -133,7 +133,26 @@ def test_store_records_layouts(arch_run):
     assert store.array("encoder.ln").shape == (4, 48, 14, 14)
     assert store.array("encoder.ln__prefix").shape == (4, 48, 1)
     swin = ActivationStore(arch_run / "results/activations/swin/colours/epoch_0.zarr")
-    assert swin.layout("features.1")["layout"] == "NHWC" and swin.array("features.1").shape == (4, 24, 56, 56)
+    assert swin.layout("features.1.1")["layout"] == "NHWC" and swin.array("features.1.1").shape == (4, 24, 56, 56)
+    convnext = ActivationStore(arch_run / "results/activations/convnext/colours/epoch_0.zarr")
+    assert convnext.layout("features.1.2")["layout"] == "NCHW"
+
+
+def test_every_family_end_to_end_with_layers_auto(arch_run):
+    """layers: auto, every stage, the figures: token patches for ViT, measured fields for Swin,
+    exact ones (through ConvNeXt's permutes and channel norms) for ConvNeXt and EfficientNet."""
+    for model, layers in AUTO.items():
+        scores = pd.read_csv(arch_run / f"results/scores/procrustes/{model}/colours.csv")
+        assert list(dict.fromkeys(scores["layer"])) == layers, model
+        assert scores["value"].notna().all() and (scores[scores["epoch"] == 0]["value"].abs() < 1e-9).all()
+        units = pd.read_csv(arch_run / f"results/figures/units_{model}_colours.csv")
+        want = {"vit": "token patch", "swin": "measured"}.get(model, "exact")
+        assert set(units["field"]) == {want}, (model, set(units["field"]))
+        for kind in ("patches", "heatmaps"):
+            assert (arch_run / f"results/figures/{kind}_{model}_colours.png").stat().st_size > 10_000
+    log = (arch_run / "results/layers_auto.json").read_text()
+    assert "swin_t|0.25|224" in log and "encoder.ln" in log
+    assert (arch_run / "results/tables/table2_reusability.csv").exists()
 
 
 def test_ambiguous_layer_is_refused_before_any_job(tmp_path):

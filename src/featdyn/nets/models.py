@@ -12,6 +12,7 @@ file only; torchvision's weights exist for width 1).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -225,6 +226,25 @@ def check_width(arch: str, width: float) -> None:
                            f"tied to searched or grouped settings that a multiplier would break); use width 1")
 
 
+@contextlib.contextmanager
+def _widths_on_cpu():
+    """RegNet's constructor computes its stage widths with tensors (``.tolist()``), which the meta
+    device cannot: compute them on the CPU while the modules go to the meta device."""
+    from torchvision.models import regnet
+
+    original = regnet.BlockParams.__dict__["from_init_params"]
+
+    def on_cpu(cls, *args, **kwargs):
+        with torch.device("cpu"):
+            return original.__func__(cls, *args, **kwargs)
+
+    regnet.BlockParams.from_init_params = classmethod(on_cpu)
+    try:
+        yield
+    finally:
+        regnet.BlockParams.from_init_params = original
+
+
 def construct(arch: str, width: float = 1.0, *, meta: bool = False) -> nn.Module:
     """A randomly initialised ``arch`` with its ImageNet head (1000 outputs), at ``width``.
 
@@ -234,11 +254,8 @@ def construct(arch: str, width: float = 1.0, *, meta: bool = False) -> nn.Module
     check_arch(arch)
     check_width(arch, width)
     if meta:
-        try:
-            with torch.device("meta"):
-                return construct(arch, width)
-        except (NotImplementedError, RuntimeError):  # a constructor computing with tensors (RegNet's widths)
-            return construct(arch, width).to("meta")
+        with torch.device("meta"), _widths_on_cpu():
+            return construct(arch, width)
     if width == 1:
         return torchvision.models.get_model(arch, weights=None)
     return _scaler(arch)(arch, width)

@@ -1,0 +1,58 @@
+"""Layouts of layers, `layers: auto` and unit fields for every torchvision classifier (meta device)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from featdyn import FeatdynError
+from featdyn.nets.auto_layers import auto_layers
+from featdyn.nets.layouts import model_layouts
+from featdyn.nets.models import classification_models, construct
+from featdyn.nets.receptive_field import _field, trace
+from featdyn.nets.unit_fields import unit_fields
+
+# The smallest input each family takes (a torchvision ViT exactly its own; MaxViT a multiple of its
+# partitions at every stage; Inception-v3 at least 75 px).
+SIZES = {"vit": 224, "maxvit": 224, "inception": 96, "swin_v2": 64}
+# Where the analytic reader meets operations it cannot reason about, the figures measure the field
+# (featdyn.nets.unit_fields): Swin's shifted-window attention, ShuffleNet's channel shuffle, MaxViT's
+# partitions. Measured here on one small model of each of the first two (below).
+MEASURED = ("swin_", "shufflenet_", "maxvit_")
+
+
+def size_of(arch: str) -> int:
+    return next((s for prefix, s in SIZES.items() if arch.startswith(prefix)), 64)
+
+
+@pytest.mark.parametrize("arch", classification_models())
+def test_every_torchvision_classifier_resolves_layers_axes_and_fields(arch):
+    size = size_of(arch)
+    model = construct(arch, meta=True).eval()
+    layers = auto_layers(model, size)
+    assert len(layers) >= 3, layers
+    layouts = model_layouts(model, layers, size)
+    kinds = {rec["layout"] for rec in layouts.values()}
+    if arch.startswith("vit_"):
+        assert kinds == {"NTC"} and all(rec["prefix"] == 1 for rec in layouts.values())
+        assert unit_fields(arch, 1.0, layers, size, layouts)[layers[0]].shape == tuple(layouts[layers[0]]["grid"])
+        return
+    assert kinds <= ({"NHWC", "NCHW"} if arch.startswith("swin_") else {"NCHW"}), kinds
+    try:
+        graph, outputs = trace(model)
+        fields = {layer: _field(model, graph, outputs, layer, (size, size)) for layer in layers}
+    except FeatdynError:
+        assert arch.startswith(MEASURED), f"{arch}: the analytic reader fails on a family not known to need it"
+        return
+    for layer, rf in fields.items():
+        assert list(rf.shape) == layouts[layer]["grid"], (arch, layer)
+
+
+@pytest.mark.parametrize("arch,width,layer", [("swin_t", 0.25, "features.3.1"), ("shufflenet_v2_x0_5", 1.0, "stage2.3")])
+def test_measured_fields_where_the_graph_is_not_understood(arch, width, layer):
+    torch.manual_seed(0)
+    layouts = model_layouts(construct(arch, width, meta=True), [layer], 64)
+    rf = unit_fields(arch, width, [layer], 64, layouts)[layer]
+    assert rf.how == "measured" and rf.shape == tuple(layouts[layer]["grid"])
+    t, left, b, r = rf.box(0, 0)
+    assert t == 0 and left == 0 and 0 < b <= 64 and 0 < r <= 64
