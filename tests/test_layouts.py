@@ -56,3 +56,22 @@ def test_measured_fields_where_the_graph_is_not_understood(arch, width, layer):
     assert rf.how == "measured" and rf.shape == tuple(layouts[layer]["grid"])
     t, left, b, r = rf.box(0, 0)
     assert t == 0 and left == 0 and 0 < b <= 64 and 0 < r <= 64
+
+
+def test_head_replacement_and_width_for_every_family():
+    from featdyn.nets.models import _shell, check_width, head_path
+
+    heads = {"vit_b_16": "heads.head", "swin_t": "head", "swin_v2_t": "head", "convnext_tiny": "classifier.2",
+             "efficientnet_b0": "classifier.1", "regnet_y_400mf": "fc", "maxvit_t": "classifier.5"}
+    for arch, head in heads.items():
+        assert head_path(construct(arch, meta=True)) == head, arch
+        model = _shell(arch, 1.0, 7)
+        assert model.get_submodule(head).out_features == 7, arch
+    # scaled transformers keep their module paths and heads divide the embedding
+    for arch, width in (("vit_b_16", 1 / 16), ("swin_t", 0.25), ("convnext_tiny", 0.25)):
+        small, full = construct(arch, width, meta=True), construct(arch, meta=True)
+        assert [n for n, _ in small.named_modules()] == [n for n, _ in full.named_modules()], arch
+        assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in full.parameters()) / 8
+    for arch in ("efficientnet_b0", "regnet_y_400mf", "maxvit_t"):
+        with pytest.raises(FeatdynError, match=rf"width 0.5: .* not '{arch}'"):
+            check_width(arch, 0.5)
