@@ -1,6 +1,10 @@
 """Zarr v3 activation stores: one group per (model, dataset, epoch), one array per layer.
 
-Each array is (n_probe, C, H, W), chunked along the first axis exactly like the extraction batch,
+Each layer is stored in one canonical layout (store format 3; featdyn.nets.layouts decides it from
+the model and the ``layouts`` attribute records it): maps channels-first (n_probe, C, H, W), whatever
+the model computed (Swin's stages are channels-last); a token layer (ViT) as its patch grid
+(n_probe, C, h, w) plus its prefix (class) tokens in the array ``<layer>__prefix`` (n_probe, C, k);
+a vector layer (n_probe, C). Each array is chunked along the first axis exactly like the extraction batch,
 so that every batch writes whole chunks (no read-modify-write) and a reader streams chunk by chunk.
 A batch of a large layer is split further along the channel axis (at most ``MAX_CHUNK_BYTES``
 per chunk): bounded chunk sizes for any reader, and several chunks that zarr compresses in parallel.
