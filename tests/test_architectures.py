@@ -28,10 +28,12 @@ MODELS = {
     "swin": {"arch": "swin_t", "weights": None, "width": 0.25},
     "vit": {"arch": "vit_b_16", "weights": None, "width": 0.0625},
     "convnext": {"arch": "convnext_tiny", "weights": None, "width": 0.25},
+    "tvit": {"arch": "timm/vit_tiny_patch16_224", "weights": None},
 }
 AUTO = {"swin": ["features.1.1", "features.3.1", "features.5.5", "norm"],
         "vit": [f"encoder.layers.encoder_layer_{i}" for i in (2, 5, 8, 11)] + ["encoder.ln"],
-        "convnext": ["features.1.2", "features.3.2", "features.5.8", "features.7.2"]}
+        "convnext": ["features.1.2", "features.3.2", "features.5.8", "features.7.2"],
+        "tvit": ["blocks.2", "blocks.5", "blocks.8", "blocks.11", "norm"]}
 
 
 def arch_config(tmp, models=MODELS, **over) -> dict:
@@ -55,7 +57,7 @@ def arch_config(tmp, models=MODELS, **over) -> dict:
 
 @pytest.fixture(scope="session")
 def arch_run(tmp_path_factory, offline_torch_home):
-    """One complete run (every stage, figures included) of three families on tiny data."""
+    """One complete run (every stage, figures included) of three families and a timm ViT on tiny data."""
     workdir = tmp_path_factory.mktemp("arch_run")
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(arch_config(workdir)))
@@ -116,6 +118,11 @@ def test_vit_token_layers_patches_cls_and_mean(arch_run):
         assert score(arch_run, "procrustes_mean", "vit", layer) == pytest.approx(mean, rel=1e-6, abs=1e-9)
         with_cls = ref_procrustes(a.reshape(-1, c), b.reshape(-1, c))
         assert abs(with_cls - patches) > 1e-6, "the class token must make a difference here"
+    # a timm ViT (random initialisation, nothing downloads): the same reading
+    a, b = hooked(arch_run, "tvit", 0, "norm"), hooked(arch_run, "tvit", 1, "norm")
+    assert a.shape[1:] == (197, 192)
+    want = ref_procrustes(a[:, 1:].reshape(-1, 192), b[:, 1:].reshape(-1, 192))
+    assert score(arch_run, "procrustes", "tvit", "norm") == pytest.approx(want, rel=1e-6, abs=1e-9)
     # tokens: on a model without token layers reads its maps as they are
     for layer in AUTO["swin"]:
         assert score(arch_run, "procrustes_cls", "swin", layer) == score(arch_run, "procrustes", "swin", layer)
@@ -146,7 +153,7 @@ def test_every_family_end_to_end_with_layers_auto(arch_run):
         assert list(dict.fromkeys(scores["layer"])) == layers, model
         assert scores["value"].notna().all() and (scores[scores["epoch"] == 0]["value"].abs() < 1e-9).all()
         units = pd.read_csv(arch_run / f"results/figures/units_{model}_colours.csv")
-        want = {"vit": "token patch", "swin": "measured"}.get(model, "exact")
+        want = {"vit": "token patch", "tvit": "token patch", "swin": "measured"}.get(model, "exact")
         assert set(units["field"]) == {want}, (model, set(units["field"]))
         for kind in ("patches", "heatmaps"):
             assert (arch_run / f"results/figures/{kind}_{model}_colours.png").stat().st_size > 10_000

@@ -75,3 +75,38 @@ def test_head_replacement_and_width_for_every_family():
     for arch in ("efficientnet_b0", "regnet_y_400mf", "maxvit_t"):
         with pytest.raises(FeatdynError, match=rf"width 0.5: .* not '{arch}'"):
             check_width(arch, 0.5)
+
+
+def test_token_readings_of_the_metrics():
+    from featdyn.spec.config import metric_params, token_readings
+
+    cfg = {"metrics": {"p": {"kind": "procrustes"}, "c": {"kind": "cka", "tokens": "cls"},
+                       "m": {"kind": "pwsm", "alpha": 0.5, "tokens": "mean"}}}
+    assert token_readings(cfg) == ["cls", "mean"]
+    assert "tokens" not in metric_params(cfg, "p"), "the default adds no param (nothing reruns)"
+    assert metric_params(cfg, "m") == {"kind": "pwsm", "granularity": "layer", "tokens": "mean", "alpha": 0.5}
+    bad = {"metrics": {"f": {"kind": "procrustes", "granularity": "filter", "tokens": "cls"}}}
+    with pytest.raises(FeatdynError, match=r"metrics.f.tokens: 'cls' .* patch grid"):
+        metric_params(bad, "f")
+
+
+def test_timm_models_stages_tokens_and_refusals():
+    """timm: a ViT's blocks are tokens (timm's prefix tokens), its Swin's stages channels-last (timm's
+    output_fmt), other stages channels-first; a module timm does not list as a stage is refused."""
+    from featdyn.nets.layouts import layer_layouts
+    from featdyn.nets.models import check_arch, check_width, head_path
+
+    vit = layer_layouts("timm/vit_tiny_patch16_224", auto_layers(construct("timm/vit_tiny_patch16_224", meta=True),
+                                                                  224), 224)
+    assert list(vit) == ["blocks.2", "blocks.5", "blocks.8", "blocks.11", "norm"]
+    assert all((r["layout"], r["prefix"], r["grid"]) == ("NTC", 1, [14, 14]) for r in vit.values())
+    swin = layer_layouts("timm/swin_tiny_patch4_window7_224", ["layers.0", "layers.3"], 224)
+    assert swin["layers.0"]["layout"] == "NHWC" and swin["layers.0"]["captured"] == [56, 56, 96]
+    assert layer_layouts("timm/resnet10t", ["layer2"], 64)["layer2"]["layout"] == "NCHW"
+    with pytest.raises(FeatdynError, match=r"'stages.0.blocks.0' .*feature_info"):
+        layer_layouts("timm/convnext_atto", ["stages.0.blocks.0"], 64)
+    assert head_path(construct("timm/convnext_atto", meta=True)) == "head.fc"
+    with pytest.raises(FeatdynError, match="unknown timm model 'resnet10'"):
+        check_arch("timm/resnet10")
+    with pytest.raises(FeatdynError, match="width 0.5"):
+        check_width("timm/resnet10t", 0.5)

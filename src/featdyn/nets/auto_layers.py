@@ -2,6 +2,7 @@
 
 - A Vision Transformer (tokens): evenly spaced encoder blocks (the last block of every quarter of
   the encoder) and the encoder's final norm.
+- A timm model: its stage outputs as timm lists them (``feature_info``); a timm ViT as above.
 - Any other model: its trunk units, i.e. the model's children with every container expanded whose
   own children are not all leaves (``features`` -> stages -> blocks; a Conv-BN-ReLU stays one
   unit), run once on the meta device. Taken: the last unit before each spatial downsampling, and
@@ -60,6 +61,12 @@ def auto_layers(model: nn.Module, image_size: int) -> list[str]:
 
     if isinstance(model, VisionTransformer):
         return _vit_layers(model)
+    if type(model).__module__.startswith("timm."):
+        # timm's ViT: the last block of every quarter and the final norm; else the stages timm lists
+        if type(model).__name__ == "VisionTransformer":
+            n = len(model.blocks)
+            return [f"blocks.{i}" for i in sorted({max(0, round((q + 1) * n / 4) - 1) for q in range(4)})] + ["norm"]
+        return [f["module"] for f in model.feature_info]
     from featdyn.nets.models import head_path
 
     modules = dict(model.named_modules())

@@ -13,8 +13,10 @@ A layer's output is one of:
 The layout is decided from the model (:func:`decide`), by rules that read its modules:
 
 1. A Vision Transformer's encoder (torchvision ``VisionTransformer``: every module under
-   ``encoder``) produces tokens: one class token, then (S / patch)^2 patch tokens. The tensor's
-   shape must agree (T = 1 + h w), else the layer is refused.
+   ``encoder``; timm's: ``blocks`` and ``norm``) produces tokens: its class (and register) tokens,
+   then (S / patch)^2 patch tokens. The tensor's shape must agree (T = k + h w), else the layer
+   is refused. In other timm models, only the stage outputs that timm itself lists
+   (``feature_info``) are decided, with timm's ``output_fmt`` (channels-last for its Swin).
 2. Everywhere else the layout between modules changes only at a ``Permute`` module
    (torchvision's Swin: ``features.0.1`` to channels-last, ``permute`` back; ConvNeXt's CNBlock:
    ``block.1`` and ``block.6``): walking the modules in the order they are registered (which is
@@ -42,13 +44,30 @@ from featdyn.nets.layers import LayerCapture, parse_layer
 from featdyn.spec.layouts import PREFIX_SUFFIX, override_for, parse_override
 
 
+def _is_timm(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("timm.")
+
+
 def _vit_tokens(model: nn.Module, path: str) -> tuple[int, int] | None:
-    """(prefix tokens, patch size) when ``path`` lies in a torchvision ViT's encoder, else None."""
+    """(prefix tokens, patch size) when ``path`` lies in a torchvision ViT's encoder (or a timm
+    ViT's blocks and final norm), else None."""
     from torchvision.models.vision_transformer import VisionTransformer
 
     if isinstance(model, VisionTransformer) and (path == "encoder" or path.startswith("encoder.")):
         return 1, int(model.patch_size)
+    if _is_timm(model) and type(model).__name__ == "VisionTransformer" and (
+            path in ("blocks", "norm") or path.startswith("blocks.")):
+        return int(model.num_prefix_tokens), int(model.patch_embed.patch_size[0])
     return None
+
+
+def _timm_stage(model: nn.Module, path: str) -> str | None:
+    """A timm model's stage output (a module its ``feature_info`` lists): timm's own ``output_fmt``
+    (NHWC for its Swin, else NCHW); None for any other module (no rule: refused)."""
+    stages = [f["module"] for f in getattr(model, "feature_info", [])]
+    if path not in stages:
+        return None
+    return str(getattr(model, "output_fmt", "NCHW")).rpartition(".")[2]
 
 
 def _opaque(model: nn.Module, path: str) -> str | None:
@@ -104,6 +123,11 @@ def decide(model: nn.Module, spec: str, shape: Sequence[int], image_size: int,
             layout, prefix = "NC", 0
         elif vit is not None:
             layout, prefix = "NTC", vit[0]
+        elif _is_timm(model):
+            layout, prefix = _timm_stage(model, path), 0
+            if layout is None:
+                raise refuse("in a timm model only the stage outputs timm lists (feature_info: "
+                             f"{[f['module'] for f in getattr(model, 'feature_info', [])]}) have a known layout")
         elif len(shape) == 3:
             layout, prefix = walk_layout(model, path), 0
             if layout not in ("NCHW", "NHWC"):

@@ -39,7 +39,31 @@ def classification_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+# `arch: timm/<name>`: a model of timm (PyTorch Image Models), imported only where one is configured
+TIMM = "timm/"
+
+
+def is_timm(arch: str) -> bool:
+    return arch.startswith(TIMM)
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise FeatdynError("timm models need the package timm (pinned in requirements.txt): "
+                           "pip install -r requirements.txt") from None
+    return timm
+
+
 def check_arch(arch: str) -> None:
+    if is_timm(arch):
+        names = _timm().list_models()
+        name = arch[len(TIMM):]
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=5)
+            raise FeatdynError(f"unknown timm model {name!r}" + (f"; did you mean {close}?" if close else ""))
+        return
     names = classification_models()
     if arch not in names:
         close = difflib.get_close_matches(arch, names, n=5)
@@ -53,8 +77,16 @@ def is_weights_file(weights: str | None) -> bool:
     return bool(weights) and (os.sep in weights or weights.endswith((".pt", ".pth")))
 
 
-def resolve_weights(arch: str, name: str) -> torchvision.models.WeightsEnum:
-    """The torchvision weights enum member ``name`` of ``arch`` (e.g. IMAGENET1K_V1, DEFAULT)."""
+def resolve_weights(arch: str, name: str) -> torchvision.models.WeightsEnum | str:
+    """The torchvision weights enum member ``name`` of ``arch`` (e.g. IMAGENET1K_V1, DEFAULT); for a
+    timm model, its pretrained tag (``augreg_in21k_ft_in1k``) as timm's full name ``<model>.<tag>``."""
+    if is_timm(arch):
+        model = arch[len(TIMM):]
+        tags = [t.partition(".")[2] for t in _timm().list_pretrained(f"{model}.*")]
+        if name not in tags:
+            raise FeatdynError(f"unknown timm pretrained tag {name!r} for {model!r}; expected one of {tags} "
+                               f"(or null for random initialisation, or a file path)")
+        return f"{model}.{name}"
     enum = torchvision.models.get_model_weights(arch)
     try:
         return enum[name] if name != "DEFAULT" else enum.DEFAULT
@@ -256,6 +288,8 @@ def construct(arch: str, width: float = 1.0, *, meta: bool = False) -> nn.Module
     if meta:
         with torch.device("meta"), _widths_on_cpu():
             return construct(arch, width)
+    if is_timm(arch):
+        return _timm().create_model(arch[len(TIMM):], pretrained=False)
     if width == 1:
         return torchvision.models.get_model(arch, weights=None)
     return _scaler(arch)(arch, width)
@@ -311,6 +345,14 @@ def load_pretrained_state(arch: str, weights: str | None, seed: int = 0,
         return state
     if width != 1:
         raise FeatdynError(f"torchvision weights {weights!r} exist for width 1 only, not width {width}")
+    if is_timm(arch):  # through timm's own cache (Hugging Face hub), as torchvision's through torch.hub's
+        full = resolve_weights(arch, weights)
+        log.info("loading timm weights %s", full)
+        try:
+            return _timm().create_model(full, pretrained=True).state_dict()
+        except Exception as exc:  # noqa: BLE001 - network, hub and file errors alike
+            raise FeatdynError(f"cannot fetch timm weights {full}: {exc} (without internet, run the fetch_weights "
+                               f"rule where there is)") from exc
     enum = resolve_weights(arch, weights)
     path = cached_weights_path(enum)
     if path.is_file():  # verify before unpickling: a corrupt file must fail with its name
