@@ -23,7 +23,7 @@ source = stores[0]
 fields = fields_for(source.attrs["arch"], p.width, units["layer"].unique(), int(source.attrs["image_size"]),
                     source.attrs.get("layouts"))
 for rf in fields.values():
-    log.info("receptive field (%s) %s", field_how(rf), describe(rf))
+    log.info("receptive field %s (%s)", describe(rf), field_how(rf))
 # how each layer's input region was found: exact (traced graph), measured, or a token's patch
 units["field"] = units["layer"].map(lambda layer: field_how(fields[layer]))
 write_csv(units, o.units)
