@@ -5,7 +5,8 @@ import copy
 import pytest
 
 from featdyn import FeatdynError
-from featdyn.spec.config import analysed_epochs, check, metric_params, training_config
+from featdyn.spec.config import analysed_epochs, check, metric_params, with_defaults
+from featdyn.spec.hyperparams import training_config
 
 from conftest import make_tree
 
@@ -40,16 +41,18 @@ def test_training_blocks_merge_global_then_model_then_dataset():
 
 
 def test_analysed_epochs():
-    assert analysed_epochs(cfg(), "m", "e") == [0, 1, 2]
-    assert analysed_epochs(cfg(analysis={"epochs": [2, 1]}), "m", "e") == [0, 1, 2]
-    assert analysed_epochs(cfg(analysis={"epochs": [1, 3]}), "m", "d") == [0, 1, 3]
+    assert analysed_epochs(with_defaults(cfg()), "m", "e") == [0, 1, 2]
+    assert analysed_epochs(with_defaults(cfg(analysis={"epochs": [2, 1]})), "m", "e") == [0, 1, 2]
+    assert analysed_epochs(with_defaults(cfg(analysis={"epochs": [1, 3]})), "m", "d") == [0, 1, 3]
 
 
 @pytest.mark.parametrize("changes, needle", [
     ({"models__m__arch": "resnet5"}, "models.m.arch"),
     ({"models__m__weights": "IMAGENET9K"}, "models.m.weights"),
     ({"models__m__weights": "weights/missing.pth"}, "weights/missing.pth"),
-    ({"models__m__arch": "alexnet", "models__m__layers": "preset"}, "models.m.layers"),
+    # no rule decides the axes of MaxViT's partition attention (windows x tokens x channels)
+    ({"models__m__arch": "maxvit_t", "models__m__layers": ["blocks.0.layers.0.layers.window_attention.attn_layer"]},
+     "window_attention.attn_layer"),
     ({"models__m__layers": ["features.1", "features.99"]}, "models.m.layers"),
     ({"models__m__arch": "resnet18", "models__m__layers": ["layer1.0.relu"]}, "layer1.0.relu@2"),
     ({"datasets__d": {"path": "no/such/folder"}}, "no/such/folder"),
