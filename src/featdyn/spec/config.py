@@ -114,8 +114,8 @@ def metric_params(config: dict, metric: str) -> dict:
 def token_readings(config: dict) -> list[str]:
     """The token readings besides the patch grid that the layer metrics ask for ('cls', 'mean'):
     the statistics jobs keep them for every token layer."""
-    wanted = {metric_params(config, m).get("tokens", "patches") for m in config["metrics"]}
-    return sorted(wanted - {"patches"})
+    wanted = {metric_params(config, m).get("tokens") for m in config["metrics"]}  # absent: patches
+    return sorted(wanted - {None, "patches"})
 
 
 def check(config: dict, base: str | Path = ".") -> None:
