@@ -59,8 +59,14 @@ def score_run(block: Mapping, *, model: str, dataset: str, metric: str, epochs: 
     replicates. ``inputs``: the score job's input lists, replicate by replicate and epoch by epoch
     (``epochs``, ``groups``; layer metrics also ``source``, ``source_groups``, ``pairs`` (every pair
     a < b, epoch by epoch) and ``null``)."""
-    params = {key: v for key, v in block.items() if key not in ("kind", "granularity")}
+    params = {key: v for key, v in block.items() if key not in ("kind", "granularity", "tokens")}
     filt = block["granularity"] == "filter"
+    # The floor and the null are computed on the layers as stored (a token layer's patch grid); a
+    # metric reading a token layer's class or mean token gets neither (NaN), rather than another reading's.
+    compared = block.get("tokens", "patches") == "patches"
+    if not compared:
+        log.warning("metrics.%s reads tokens: %s: no noise floor or permutation null (computed on the patch "
+                    "grid only)", metric, block.get("tokens"))
     frames, boots = [], []
     epoch_files = _split(inputs["epochs"], k)
     group_files = _split(inputs["groups"], k) if spec is not None and spec.enabled else [[]] * k
@@ -84,7 +90,7 @@ def score_run(block: Mapping, *, model: str, dataset: str, metric: str, epochs: 
     # between replicates: every pair at every epoch (layer metrics from their pair statistics,
     # filter metrics from their per-filter tables of the pair)
     pair_rows = []
-    if k >= 2:
+    if k >= 2 and compared:
         pairs = replicate_pairs(k)
         files = inputs["pairs"]
         if len(files) != len(pairs) * len(epochs):
@@ -106,7 +112,7 @@ def score_run(block: Mapping, *, model: str, dataset: str, metric: str, epochs: 
                                       "value": value, "comparison": "replicates", "replicate": a, "other": b})
     # the permutation null of replicate 0's source model, per layer
     null_rows = []
-    if not filt and null_count and inputs.get("null"):
+    if not filt and compared and null_count and inputs.get("null"):
         src = load_sides(inputs["source"][0], device)
         for layer, perms in load_null(inputs["null"], src, null_count, device).items():
             for p, stats in enumerate(perms):
