@@ -93,7 +93,8 @@ def test_every_gpu_rule_can_run_on_a_gpu_partition_and_others_on_a_cpu_one():
     profile names no partition that would override it."""
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     assert "slurm_partition" not in str(profile), "a fixed partition would override the choice by resources"
-    parts = yaml.safe_load((REPO / "profiles/slurm" / profile["slurm-partition-config"]).read_text())
+    assert "slurm-partition-config" not in profile, "relative, it would be lost after --directory (cluster.smk)"
+    parts = yaml.safe_load((REPO / "profiles/slurm/partitions.yaml").read_text())
     limits = parts["partitions"]
     assert [n for n, p in limits.items() if p.get("max_gpu", 0) > 0] and \
            [n for n, p in limits.items() if p.get("max_gpu", 0) == 0]
