@@ -67,12 +67,35 @@ def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
             "--configfile", str(workdir / "config.yaml"), "--profile", PROFILE, *args]
 
 
-def run(cluster, workdir: Path, *args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(snakemake_cmd(workdir, *args), capture_output=True, text=True, env=cluster.env,
-                          cwd=REPO, timeout=timeout)
+def finish(popen: subprocess.Popen, timeout: float) -> str:
+    """The output of a Snakemake run, waiting at most ``timeout`` s. A run still going then is
+    interrupted (SIGINT: the plugin cancels its jobs), killed if that does not end it, and any job
+    left on the cluster cancelled; the test fails."""
+    try:
+        return popen.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        popen.send_signal(signal.SIGINT)
+        try:
+            out = popen.communicate(timeout=90)[0]
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            out = popen.communicate(timeout=30)[0]
+        subprocess.run(["scancel", "--user", "root"], env=os.environ | {"SLURM_CONF": str(slurm_cluster.ETC_CONF)},
+                       timeout=30, capture_output=True)
+        raise AssertionError(f"Snakemake did not finish within {timeout} s:\n{out[-5000:]}") from None
+
+
+def start(cluster, workdir: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(snakemake_cmd(workdir, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=cluster.env, cwd=REPO)
+
+
+def run(cluster, workdir: Path, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    popen = start(cluster, workdir, *args)
+    out = finish(popen, timeout)
     if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return proc
+        assert popen.returncode == 0, out[-8000:]
+    return subprocess.CompletedProcess(popen.args, popen.returncode, out, "")
 
 
 def run_id(proc_or_text) -> str:
@@ -116,18 +139,18 @@ def same_checkpoint(a: Path, b: Path) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def wait_for_job(cluster, state: str = "RUNNING", timeout: float = 120) -> str:
-    """The ID of the first job of the cluster in ``state`` (squeue), waiting at most ``timeout`` s."""
+def wait_for_job(cluster, workdir: Path, state: str = "RUNNING", timeout: float = 180) -> str:
+    """The ID of the first job run in ``workdir`` to be in ``state`` (squeue), waiting at most ``timeout`` s."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, env=cluster.env,
+        out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%Z"], capture_output=True, text=True, env=cluster.env,
                              timeout=20).stdout
         for line in out.splitlines():
-            job, st = line.split()
-            if st == state:
+            job, st, wd = line.split("|")
+            if st == state and Path(wd) == workdir:
                 return job
         time.sleep(0.3)
-    raise AssertionError(f"no job reached {state} within {timeout} s")
+    raise AssertionError(f"no job of {workdir} reached {state} within {timeout} s")
 
 
 # -- the whole DAG -----------------------------------------------------------------------------------
@@ -138,7 +161,7 @@ def test_tiny_workflow_on_the_cluster_equals_the_local_run(cluster, tiny_run, tm
     shutil.copy(tiny_run / "config.yaml", work)
     shutil.copytree(tiny_run / "data", work / "data")
     t0 = time.monotonic()
-    proc = run(cluster, work, timeout=420)
+    proc = run(cluster, work, *QUICK, timeout=900)
     wall = time.monotonic() - t0
     jobs = jobs_of(cluster, run_id(proc))
     print(f"cluster run: {len(jobs)} submissions, {wall:.0f} s")
@@ -178,27 +201,23 @@ def test_jobs_too_large_for_every_node_stop_before_submission(cluster, tiny_run,
 EPOCH1 = "results/checkpoints/mnet/colours/epoch_1.pt"
 
 
-def rerun_epoch1(cluster, tiny_run, tmp_path, *args, fault=None, timeout=240):
+def rerun_epoch1(cluster, tiny_run, tmp_path, *args, fault=None, timeout=300):
     """Rerun the fine-tuning of epoch 1 (one GPU job) on a copy of the local run, ``fault(popen)``
     acting while it runs; returns the finished process, its sacct rows and the copy."""
     work = copy_of(tiny_run, tmp_path / "run")
-    popen = subprocess.Popen(snakemake_cmd(work, *QUICK, "--force", EPOCH1, *args), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=cluster.env, cwd=REPO)
+    popen = start(cluster, work, *QUICK, "--force", EPOCH1, *args)
     try:
         if fault is not None:
-            fault(popen)
-        out, _ = popen.communicate(timeout=timeout)
+            fault(popen, work)
     finally:
-        if popen.poll() is None:
-            popen.kill()
-            popen.wait(timeout=30)
+        out = finish(popen, timeout)
     jobs = jobs_of(cluster, run_id(out))
     return popen.returncode, out, jobs, work
 
 
 def test_a_killed_job_is_retried_with_more_memory(cluster, tiny_run, tmp_path):
-    def kill_the_step(popen):
-        job = wait_for_job(cluster)
+    def kill_the_step(popen, work):
+        job = wait_for_job(cluster, work)
         # the processes of the job's step (the job's Snakemake and the script), by the step's cgroup
         end = time.monotonic() + 60
         while time.monotonic() < end:
@@ -229,8 +248,8 @@ def test_a_job_over_its_memory_is_retried_with_more(cluster, tiny_run, tmp_path)
 def test_a_cancelled_job_is_retried_not_waited_for(cluster, tiny_run, tmp_path):
     """scancel: sacct says "CANCELLED by 0", which plugin 2.8.0 does not take for a failure (it would
     wait forever); the profile's squeue status command sees CANCELLED and the retry runs."""
-    def cancel(popen):
-        job = wait_for_job(cluster)
+    def cancel(popen, work):
+        job = wait_for_job(cluster, work)
         subprocess.run(["scancel", job], check=True, env=cluster.env, timeout=20)
 
     rc, out, jobs, work = rerun_epoch1(cluster, tiny_run, tmp_path, fault=cancel, timeout=180)
@@ -240,8 +259,8 @@ def test_a_cancelled_job_is_retried_not_waited_for(cluster, tiny_run, tmp_path):
 
 
 def test_ctrl_c_cancels_the_jobs_and_a_rerun_completes(cluster, tiny_run, tmp_path):
-    def interrupt(popen):
-        wait_for_job(cluster)
+    def interrupt(popen, work):
+        wait_for_job(cluster, work)
         popen.send_signal(signal.SIGINT)
 
     rc, out, jobs, work = rerun_epoch1(cluster, tiny_run, tmp_path, fault=interrupt, timeout=120)
