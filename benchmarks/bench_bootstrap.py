@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from featdyn.bootstrap import layer_replicates, resample_weights, small_matrix_threads  # noqa: E402
-from featdyn.metrics import from_stats  # noqa: E402
-from featdyn.stats import Accumulator, GroupAccumulator, GroupStats, image_groups, pair_stats  # noqa: E402
+from featdyn.engine.bootstrap import layer_replicates, resample_weights, small_matrix_threads  # noqa: E402
+from featdyn.engine.metrics import from_stats  # noqa: E402
+from featdyn.engine.stats import Accumulator, GroupAccumulator, GroupStats, image_groups, pair_stats  # noqa: E402
 
 DEMO_LAYERS = {"features.0": (32, 32), "features.3": (24, 16), "features.6": (32, 8), "features.10": (64, 4),
                "features.13": (96, 4)}

@@ -35,11 +35,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from featdyn import FeatdynError  # noqa: E402
-from featdyn.datasets import ImageCache, SplitSpec, prepare  # noqa: E402
-from featdyn.extraction import capture_batches, extract, float32_precision, load_model  # noqa: E402
-from featdyn.layers import preset  # noqa: E402
-from featdyn.models import build_model, cached_weights_path, load_pretrained_state, resolve_weights  # noqa: E402
-from featdyn.training import pick_device, save_checkpoint  # noqa: E402
+from featdyn.data.datasets import ImageCache, SplitSpec, prepare  # noqa: E402
+from featdyn.engine.linalg import pick_device  # noqa: E402
+from featdyn.nets.checkpoints import save_checkpoint  # noqa: E402
+from featdyn.nets.extraction import capture_batches, extract, float32_precision, load_model  # noqa: E402
+from featdyn.nets.models import build_model, cached_weights_path, load_pretrained_state, resolve_weights  # noqa: E402
+from featdyn.spec.layer_presets import preset  # noqa: E402
 
 
 def texture_tree(root: Path, n_per_class: int, size: int, seed: int = 0) -> Path:
@@ -100,7 +101,7 @@ def hooks_only(model, norm, cache, rows, layers, batch, device) -> float:
 
 def forward_only(model, norm, cache, rows, batch, device) -> float:
     """Images/s of the plain forward pass (no hooks, no copies)."""
-    from featdyn.training import iterate_batches
+    from featdyn.nets.batches import iterate_batches
 
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -127,7 +128,7 @@ def check_device(work: Path, arch: str, size: int, device: torch.device) -> dict
 
 def store_only(feats: dict[str, np.ndarray], n: int, batch: int, layers: list[str], out: Path, codec: str) -> float:
     """Images/s of storage alone: one captured batch written n/batch times (no compute)."""
-    from featdyn.stores import StoreWriter
+    from featdyn.data.stores import StoreWriter
 
     batch = len(next(iter(feats.values())))  # fewer than asked when n < batch
     steps = max(1, n // batch)
@@ -140,7 +141,7 @@ def store_only(feats: dict[str, np.ndarray], n: int, batch: int, layers: list[st
 
 def store_bytes(path: Path, layers: list[str]) -> int:
     """Bytes of the layer arrays' chunk files on disk."""
-    from featdyn.stores import array_name
+    from featdyn.data.stores import array_name
 
     return sum(f.stat().st_size for layer in layers for f in (path / array_name(layer) / "c").rglob("*") if f.is_file())
 
@@ -228,7 +229,7 @@ def main() -> None:
             for arch in args.models:
                 results["check"][arch] = check_device(work, arch, max(args.sizes), device)
                 print(f"{arch}: " + ", ".join(f"{k} {v:.1e}" for k, v in results["check"][arch].items()), flush=True)
-        print("\n## speed: images/s (median of %d), ratio = extract / forward with the same hooks" % args.repeats)
+        print(f"\n## speed: images/s (median of {args.repeats}), ratio = extract / forward with the same hooks")
         print("| model | weights | px | n | batch | forward (no hooks) | forward + hooks | "
               + " | ".join(f"extract {c}" for c in args.codecs) + " | " + " | ".join(f"ratio {c} (paired)" for c in args.codecs)
               + " | " + " | ".join(f"storage alone {c}" for c in args.codecs) + " |")

@@ -2,7 +2,7 @@
 
 For each model and image size:
 
-- real: ``featdyn.training.train_one_epoch`` over a uint8 cache memory-mapped from disk (the file
+- real: ``featdyn.nets.training.train_one_epoch`` over a uint8 cache memory-mapped from disk (the file
   format ``prepare_dataset`` writes), with background gathering, pinned memory and the side-stream
   copy on CUDA, normalisation on the device, bf16 autocast + channels-last on CUDA;
 - baseline: the same model, optimizer and precision settings stepping on one random, already
@@ -39,13 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from featdyn.models import build_model  # noqa: E402
-from featdyn.training import (Normalizer, TrainConfig, _flag, _logits, _place, configure_backends,  # noqa: E402
-                              iterate_batches, loader_workers, make_optimizer, pick_device, resume, save_checkpoint, train_one_epoch)
+from featdyn.engine.linalg import pick_device
+from featdyn.nets.batches import Normalizer, iterate_batches, loader_workers
+from featdyn.nets.checkpoints import save_checkpoint
+from featdyn.nets.models import build_model  # noqa: E402
+from featdyn.nets.training import _flag, _logits, _place, configure_backends, make_optimizer, resume, train_one_epoch
+from featdyn.spec.hyperparams import TrainConfig
 
 
 class ArrayCache:
-    """The attributes of ``featdyn.datasets.ImageCache`` that training reads, over a ``.npy`` file
+    """The attributes of ``featdyn.data.datasets.ImageCache`` that training reads, over a ``.npy`` file
     memory-mapped like the real cache (ImageCache itself also reads the CSV manifest with pandas)."""
 
     def __init__(self, folder: Path, n_train: int, n_test: int, size: int, classes: int, seed: int = 0) -> None:

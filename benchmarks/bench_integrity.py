@@ -30,8 +30,8 @@ import zarr.codecs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from featdyn import stores  # noqa: E402
-from featdyn.download import file_sha256  # noqa: E402
+from featdyn.data import stores  # noqa: E402
+from featdyn.data.download import file_sha256  # noqa: E402
 
 
 def activations(n: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

@@ -67,11 +67,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from featdyn import linalg  # noqa: E402
-from featdyn.filterwise import _procrustes, map_distances  # noqa: E402
-from featdyn.linalg import svd_nuclear_norms, torch_threads  # noqa: E402
-from featdyn.metrics import distances, from_stats  # noqa: E402
-from featdyn.stats import Accumulator  # noqa: E402
+from featdyn.engine import linalg  # noqa: E402
+from featdyn.engine.filterwise import _procrustes, map_distances  # noqa: E402
+from featdyn.engine.linalg import svd_nuclear_norms  # noqa: E402
+from featdyn.engine.metrics import distances, from_stats  # noqa: E402
+from featdyn.engine.stats import Accumulator  # noqa: E402
 
 METRICS = {"procrustes": {"kind": "procrustes"}, "pwsm": {"kind": "pwsm", "alpha": 0.5},
            "cka": {"kind": "cka"}, "cca": {"kind": "cca"}}

@@ -99,7 +99,7 @@ def main() -> None:
                 work = scratch / f"run_{r}_{len(rows)}"
                 work.mkdir()
                 cfg = tiny_config(work)
-                cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+                cmd = [SNAKEMAKE, "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(work),
                        "--configfile", str(cfg), *extra]
                 rows.append(one(label, cmd, cluster.env | env if use_cluster else env,
                                 cluster if use_cluster else None))

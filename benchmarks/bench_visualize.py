@@ -34,12 +34,12 @@ import json, sys, time
 t0 = time.perf_counter()
 from pathlib import Path
 import yaml
-from featdyn import config as fdconfig
-from featdyn.datasets import ImageCache
-from featdyn.figures import heatmap_grid, patch_grid, save_figure
-from featdyn.stores import expected_attrs
-from featdyn.tables import write_csv
-from featdyn.visualize import fields_for, heatmap_rows, open_stores, patch_rows, units_for_run
+from featdyn.spec import config as fdconfig
+from featdyn.data.datasets import ImageCache
+from featdyn.report.figures import heatmap_grid, patch_grid, save_figure
+from featdyn.data.stores import expected_attrs
+from featdyn.report.tables import write_csv
+from featdyn.report.visualize import fields_for, heatmap_rows, open_stores, patch_rows, units_for_run
 t1 = time.perf_counter()
 cfg_path, root, model, dataset, out = sys.argv[1:6]
 config = yaml.safe_load(open(cfg_path))
@@ -51,7 +51,7 @@ expect = expected_attrs(r / f"data/{dataset}/dataset.json", model=model, dataset
 cache = ImageCache(r / f"data/{dataset}")
 stores = open_stores({e: r / f"activations/{model}/{dataset}/epoch_{e}.zarr" for e in epochs}, expect)
 tables = [r / f"filters/{metric}/{model}/{dataset}/epoch_{e}.csv" for e in (0, last)] if metric else None
-from featdyn.stores import open_store
+from featdyn.data.stores import open_store
 lst = None if metric else open_store(r / f"activations/{model}/{dataset}/epoch_{last}.zarr", expect)
 units = units_for_run(fdconfig.visualize_block(config), model=model, dataset=dataset, cache=cache,
                       source=stores[0], last=lst, last_epoch=last, tables=tables, rank_metric=metric)

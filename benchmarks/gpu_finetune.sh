@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np, torch
 sys.path.insert(0, "benchmarks")
 from bench_finetune import ArrayCache
-from featdyn.models import fetch_weights
-from featdyn.training import TrainConfig, fine_tune, iterate_batches, load_checkpoint, run_epoch
+from featdyn.nets.models import fetch_weights
+from featdyn.nets.training import TrainConfig, fine_tune, iterate_batches, load_checkpoint, run_epoch
 
 dev = torch.device("cuda")
 ok = True

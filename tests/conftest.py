@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 # Every process the tests start (Snakemake and its jobs) imports this checkout's library, whatever
 # featdyn the environment has installed (the workflow refuses to run jobs on another checkout's).
@@ -64,7 +65,7 @@ def offline_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # -- workflow helpers -----------------------------------------------------------------------------
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+    cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
            *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=900)
     if check and proc.returncode != 0:

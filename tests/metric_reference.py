@@ -12,6 +12,7 @@ import pytest
 import torch
 from scipy.stats import ortho_group
 
+
 @pytest.fixture(autouse=True, scope="module")
 def single_thread():
     """Tiny matrices: one torch thread. With two, MKL's OpenMP barrier made each small matmul take

@@ -12,14 +12,33 @@ import pytest
 import torch
 import yaml
 
-from conftest import job_counts, snakemake
 from featdyn import FeatdynError
-from featdyn.bootstrap import (BootstrapSpec, FilterGroups, Replicates, bootstrap_interval, layer_replicates,
-                               load_filter_groups, percentile_interval, resample_weights, save_filter_groups)
-from featdyn.filterwise import FilterAccumulator
-from featdyn.metrics import from_stats
-from featdyn.stats import (GroupAccumulator, GroupStats, image_groups, load_group_pairs, load_group_sides,
-                           pair_stats, rows_of, save_group_pairs, save_group_sides)
+from featdyn.engine.bootstrap import (
+    BootstrapSpec,
+    FilterGroups,
+    Replicates,
+    bootstrap_interval,
+    layer_replicates,
+    load_filter_groups,
+    percentile_interval,
+    resample_weights,
+    save_filter_groups,
+)
+from featdyn.engine.filterwise import FilterAccumulator
+from featdyn.engine.metrics import from_stats
+from featdyn.engine.stats import (
+    GroupAccumulator,
+    GroupStats,
+    image_groups,
+    load_group_pairs,
+    load_group_sides,
+    pair_stats,
+    rows_of,
+    save_group_pairs,
+    save_group_sides,
+)
+
+from conftest import job_counts, snakemake
 from metric_reference import REFERENCES, single_thread  # noqa: F401
 
 KINDS = {"procrustes": {}, "pwsm": {"alpha": 0.5}, "cka": {}, "cca": {}}
@@ -189,10 +208,13 @@ def test_replicates_of_table_entries():
 def test_store_to_scores_with_intervals(tmp_path):
     """Real Zarr stores: the per-group statistics of the workflow's jobs, then scores with
     ci_low <= value <= ci_high from the replicates."""
-    from featdyn.similarity import (pair_group_stats_from_stores, score_layers_with_replicates,
-                                    source_group_stats_from_store)
-    from featdyn.stats import save_pairs, save_sides
-    from featdyn.stores import StoreWriter
+    from featdyn.data.stores import StoreWriter
+    from featdyn.engine.similarity import (
+        pair_group_stats_from_stores,
+        score_layers_with_replicates,
+        source_group_stats_from_store,
+    )
+    from featdyn.engine.stats import save_pairs, save_sides
 
     n = 12
     x, y = maps(n, c=3, hw=4)

@@ -4,9 +4,10 @@ import copy
 
 import pytest
 
-from conftest import make_tree
 from featdyn import FeatdynError
-from featdyn.config import analysed_epochs, check, metric_params, training_config
+from featdyn.spec.config import analysed_epochs, check, metric_params, training_config
+
+from conftest import make_tree
 
 BASE = {
     "seed": 3,

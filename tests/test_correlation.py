@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy.stats import pearsonr
 
-from featdyn.correlation import COLUMNS, across_filters, across_layers_epochs, metric_correlation
+from featdyn.report.correlation import COLUMNS, across_filters, across_layers_epochs, metric_correlation
 
 
 def score_rows(rng: np.random.Generator) -> pd.DataFrame:
@@ -59,7 +59,7 @@ def test_filters_reading_is_mean_and_std_of_per_class_correlations():
     out = across_filters(filters)
     assert set(out["reading"]) == {"filters_per_class"} and len(out) == 2  # 'all' and (m, d)
     rs, undefined = [], 0
-    for (layer, epoch, cls), g in filters[filters["epoch"] >= 1].groupby(["layer", "epoch", "class"]):
+    for (_layer, _epoch, _cls), g in filters[filters["epoch"] >= 1].groupby(["layer", "epoch", "class"]):
         a = g[g["metric"] == "cka_f"].set_index("filter")["value"]
         b = g[g["metric"] == "procrustes_f"].set_index("filter")["value"]
         ok = a.notna() & b.notna()
@@ -119,7 +119,7 @@ def test_undefined_layer_correlations_are_counted():
 
 
 def test_r_interval_is_the_percentile_of_r_over_both_metrics_replicates():
-    from featdyn.bootstrap import Replicates, percentile_interval
+    from featdyn.engine.bootstrap import Replicates, percentile_interval
 
     rng = np.random.default_rng(5)
     scores = score_rows(rng)
@@ -142,7 +142,7 @@ def test_r_interval_is_the_percentile_of_r_over_both_metrics_replicates():
     lo, hi = percentile_interval(np.array([pearsonr(both[0][i], both[1][i]).statistic for i in range(40)]), 0.9)
     assert pooled["r_ci_low"] == pytest.approx(lo, abs=1e-12) and pooled["r_ci_high"] == pytest.approx(hi, abs=1e-12)
     # centred: the same percentiles moved onto r (by r minus the replicates' mean), within [-1, 1]
-    for key, rep in reps.items():
+    for _key, rep in reps.items():
         rep.method = "centred"
     centred = across_layers_epochs(scores, replicates=reps)
     crow = centred[(centred["model"] == "m1") & (centred["metric_a"] == "cka") & (centred["metric_b"] == "procrustes")]

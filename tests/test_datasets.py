@@ -10,11 +10,20 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import make_tree
 from featdyn import FeatdynError
-from featdyn.datasets import (ImageCache, SplitSpec, build_manifest, check_tree, choose_classes, load_image,
-                              prepare, scan_tree)
-from featdyn.prefetch import ordered_map
+from featdyn.data.datasets import (
+    ImageCache,
+    SplitSpec,
+    build_manifest,
+    check_tree,
+    choose_classes,
+    load_image,
+    prepare,
+    scan_tree,
+)
+from featdyn.data.prefetch import ordered_map
+
+from conftest import make_tree
 
 
 def uneven_tree(root: Path, sizes: dict[str, int]) -> dict[str, list[Path]]:

@@ -3,8 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from featdyn.datasets import scan_tree
-from featdyn.demo_data import materialise
+from featdyn.data.datasets import scan_tree
+from featdyn.data.demo_data import materialise
 
 
 def test_textures_and_digits_trees(tmp_path):

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, VENV_BIN, make_tree
 from featdyn import FeatdynError
-from featdyn.config import check, dataset_roots
-from featdyn.download import download, fetch_dataset, unpack
+from featdyn.data.download import download, fetch_dataset, unpack
+from featdyn.spec.config import check, dataset_roots
+
+from conftest import SNAKEFILE, VENV_BIN, make_tree
 
 
 def sha256(path: Path) -> str:
@@ -104,7 +105,7 @@ def test_url_dataset_config_forms():
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(SNAKEFILE), "--directory", str(workdir), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
 
 

@@ -18,14 +18,16 @@ import pandas as pd
 import pytest
 import torch
 
-import featdyn.extraction as extraction
-from conftest import REPO
+import featdyn.nets.extraction as extraction
 from featdyn import FeatdynError
-from featdyn.datasets import MANIFEST_COLUMNS, ImageCache, write_manifest
-from featdyn.extraction import capture_batches, extract, load_model
-from featdyn.models import build_model
-from featdyn.stores import open_store
-from featdyn.training import IMAGENET_MEAN, IMAGENET_STD, save_checkpoint
+from featdyn.data.datasets import MANIFEST_COLUMNS, ImageCache, write_manifest
+from featdyn.data.stores import open_store
+from featdyn.nets.checkpoints import save_checkpoint
+from featdyn.nets.extraction import capture_batches, extract, load_model
+from featdyn.nets.models import build_model
+from featdyn.spec.hyperparams import IMAGENET_MEAN, IMAGENET_STD
+
+from conftest import REPO
 
 LAYERS = ["features.0", "features.3", "features.6"]
 
@@ -178,8 +180,8 @@ def test_killed_extraction_leaves_no_store_and_reruns(tmp_path):
     out = tmp_path / "epoch_3.zarr"
     proc = _python("""
         import sys, torch
-        from featdyn.datasets import ImageCache
-        from featdyn.extraction import extract
+        from featdyn.data.datasets import ImageCache
+        from featdyn.nets.extraction import extract
         torch.set_num_threads(1)
         extract(sys.argv[1], ImageCache(sys.argv[2]), ["features.0", "features.3"], sys.argv[3], batch_size=2,
                 device=torch.device("cpu"))
@@ -210,9 +212,9 @@ def test_killed_extraction_leaves_no_store_and_reruns(tmp_path):
 MEMORY_PROBE = """
     import json, sys, threading, time
     import numpy as np, torch
-    from featdyn.datasets import ImageCache
-    from featdyn.extraction import extract
-    from featdyn.stores import open_store
+    from featdyn.data.datasets import ImageCache
+    from featdyn.nets.extraction import extract
+    from featdyn.data.stores import open_store
 
     def rss_mb():
         # Anonymous resident memory: what the process allocated, without the pages of files it

@@ -18,20 +18,23 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_stores import ATTRS, LAYERS, activations, write_store
 
-from conftest import REPO, make_tree
 from featdyn import FeatdynError
 from featdyn.atomic import stale_temporaries, write_text
-from featdyn.config import check
-from featdyn.datasets import ImageCache, SplitSpec, load_image, prepare
-from featdyn.filterwise import FilterAccumulator, filter_scores, map_distances
-from featdyn.metrics import distance
-from featdyn.schema import check_keys
-from featdyn.stats import load_pairs, load_sides, pair_stats, save_pairs, save_sides
-from featdyn.stores import ActivationStore, StoreWriter, array_name, expected_attrs, open_pair, open_store
-from featdyn.training import TrainConfig, run_epoch, save_checkpoint
+from featdyn.data.datasets import ImageCache, SplitSpec, load_image, prepare
+from featdyn.data.stores import ActivationStore, StoreWriter, array_name, expected_attrs, open_pair, open_store
+from featdyn.engine.filterwise import FilterAccumulator, filter_scores, map_distances
+from featdyn.engine.metrics import distance
+from featdyn.engine.stats import load_pairs, load_sides, pair_stats, save_pairs, save_sides
+from featdyn.nets.checkpoints import save_checkpoint
+from featdyn.nets.training import run_epoch
+from featdyn.spec.config import check
+from featdyn.spec.hyperparams import TrainConfig
+from featdyn.spec.schema import check_keys
+
+from conftest import REPO, make_tree
 from metric_reference import make_pair
-from test_stores import ATTRS, LAYERS, activations, write_store
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 CPU = torch.device("cpu")
@@ -161,8 +164,8 @@ def test_filter_metrics_refuse_nan_inf_and_overflow_and_survive_1e150(kind):
 def test_nan_in_a_store_stops_the_statistics_naming_store_layer_and_epoch(tmp_path, monkeypatch):
     """A store with a NaN (as a featdyn without the writer's check made them): the statistics of
     both granularities stop, naming the store, the layer and the epoch."""
-    import featdyn.stores as stores
-    from featdyn.similarity import filter_table_from_stores, pair_stats_from_stores, source_stats_from_store
+    import featdyn.data.stores as stores
+    from featdyn.engine.similarity import filter_scores_from_stores, pair_stats_from_stores, source_stats_from_store
 
     good = tmp_path / "epoch_0.zarr"
     write_store(good)
@@ -186,7 +189,7 @@ def test_nan_in_a_store_stops_the_statistics_naming_store_layer_and_epoch(tmp_pa
         pair_stats_from_stores(good, bad[1], source_stats_from_store(good, device="cpu"), device="cpu")
     with pytest.raises(FeatdynError, match=rf"activation stores {good} and {bad[1]}, {layer}, epoch 1: "
                                            r"maps of the target \(B\): 1 of"):
-        filter_table_from_stores(good, bad[1], {"kind": "cka", "granularity": "filter"}, model="m", dataset="d",
+        filter_scores_from_stores(good, bad[1], {"kind": "cka", "granularity": "filter"}, model="m", dataset="d",
                                  metric="cka_f", device="cpu")
 
 
@@ -210,7 +213,7 @@ def cache(tmp_path_factory) -> ImageCache:
 
 @pytest.fixture(scope="module")
 def epoch0(tmp_path_factory, cache) -> Path:
-    from featdyn.models import fetch_weights
+    from featdyn.nets.models import fetch_weights
 
     tmp = tmp_path_factory.mktemp("ckpt")
     fetch_weights("mobilenet_v2", None, tmp / "w.pt", seed=0, width=0.25)
@@ -357,12 +360,12 @@ def test_the_temporary_of_a_killed_checkpoint_save_is_removed_by_the_next_save(t
     out = tmp_path / "epoch_1.pt"
     killed = textwrap.dedent(f"""
         import os, signal, torch
-        import featdyn.training as training
+        import featdyn.nets.checkpoints as checkpoints
         def save(obj, f):  # killed half-way through writing the checkpoint
             f.write(b"x" * 100000); f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        training.torch.save = save
-        training.save_checkpoint({str(out)!r}, torch.nn.Linear(3, 3), None, {{"epoch": 1}})
+        checkpoints.torch.save = save
+        checkpoints.save_checkpoint({str(out)!r}, torch.nn.Linear(3, 3), None, {{"epoch": 1}})
     """)
     proc = subprocess.run([sys.executable, "-c", killed], env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert proc.returncode == -signal.SIGKILL

@@ -14,8 +14,9 @@ from matplotlib.collections import PolyCollection
 from matplotlib.legend import Legend
 from PIL import Image
 
+from featdyn.report.figures import LOWER, similarity_curves
+
 from conftest import REPO, job_counts, snakemake, tiny_config
-from featdyn.figures import LOWER, similarity_curves
 
 
 def score_rows(metrics=("procrustes", "pwsm"), datasets=("a", "b"), layers=3, epochs=4, bands=False):

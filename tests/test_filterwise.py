@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from featdyn import FeatdynError
-from featdyn import filterwise as fw
-from featdyn.filterwise import FilterAccumulator, filter_scores, map_distances
-from featdyn.linalg import polar_nuclear_norm, polar_schedule, torch_threads
-from metric_reference import single_thread  # noqa: F401
+from featdyn.engine import filterwise as fw
+from featdyn.engine.filterwise import FilterAccumulator, filter_scores, map_distances
+from featdyn.engine.linalg import polar_nuclear_norm, polar_schedule, torch_threads
 
+from metric_reference import single_thread  # noqa: F401
 
 # -- reference: the authors' code path, in numpy (compute_similarities.py + CKA class) -----------
 
@@ -296,8 +296,9 @@ def test_bad_inputs_are_named():
 
 def test_store_tables_and_tidy_scores(tmp_path):
     """Real Zarr stores in, the per-(layer, class, filter) table and the tidy layer means out."""
-    from featdyn.similarity import FILTER_COLUMNS, filter_table_from_stores, score_filters
-    from featdyn.stores import StoreWriter
+    from featdyn.data.stores import StoreWriter
+    from featdyn.engine.similarity import filter_scores_from_stores, score_filters
+    from featdyn.spec.columns import FILTER_COLUMNS
 
     rng = np.random.default_rng(5)
     n = 10
@@ -309,8 +310,8 @@ def test_store_tables_and_tidy_scores(tmp_path):
             for i in range(0, n, 4):
                 w.write(i, {k: v[epoch][i:i + 4] for k, v in layers.items()}, labels[i:i + 4], np.arange(i, min(i + 4, n)))
     block = {"kind": "cka", "granularity": "filter"}
-    table = filter_table_from_stores(tmp_path / "e0.zarr", tmp_path / "e1.zarr", block, model="m", dataset="d",
-                                     metric="cka_f", device="cpu")
+    table, _ = filter_scores_from_stores(tmp_path / "e0.zarr", tmp_path / "e1.zarr", block, model="m", dataset="d",
+                                         metric="cka_f", device="cpu")
     assert list(table.columns) == FILTER_COLUMNS
     assert len(table) == 2 * 3 * 5 and (table["epoch"] == 1).all()
     for li, (layer, (x, y)) in enumerate(layers.items()):
@@ -326,8 +327,8 @@ def test_store_tables_and_tidy_scores(tmp_path):
         want = filter_scores("cka", x, y, labels, method="eig", device="cpu").layer_value()
         assert float(tidy.loc[tidy["layer"] == layer, "value"].iloc[0]) == pytest.approx(want, abs=1e-12)
     # the source against itself: every defined value is 0
-    self_table = filter_table_from_stores(tmp_path / "e0.zarr", tmp_path / "e0.zarr", block, model="m", dataset="d",
-                                          metric="cka_f", device="cpu")
+    self_table, _ = filter_scores_from_stores(tmp_path / "e0.zarr", tmp_path / "e0.zarr", block, model="m",
+                                              dataset="d", metric="cka_f", device="cpu")
     assert pd.Series(self_table["value"]).dropna().abs().max() < 1e-12
 
 

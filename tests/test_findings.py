@@ -9,12 +9,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featdyn.bootstrap import Replicates
-from featdyn.correlation import COLUMNS
-from featdyn.findings import (FAILS, HOLDS, UNCHECKED, RunNumbers, check_agreement, check_architecture,
-                              check_datasets, check_depth, check_epochs, findings, overall, paper_name, to_markdown,
-                              to_rst)
-from featdyn.tables import table2
+from featdyn.engine.bootstrap import Replicates
+from featdyn.report.correlation import COLUMNS
+from featdyn.report.findings import (
+    FAILS,
+    HOLDS,
+    UNCHECKED,
+    RunNumbers,
+    check_agreement,
+    check_architecture,
+    check_datasets,
+    check_depth,
+    check_epochs,
+    findings,
+    overall,
+    paper_name,
+    to_markdown,
+    to_rst,
+)
+from featdyn.report.tables import table2
 
 
 def run(value, models=("m",), datasets=("d",), metrics=("procrustes",), layers=3, epochs=3, spread=0.002,

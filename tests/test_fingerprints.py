@@ -7,8 +7,9 @@ import os
 import textwrap
 from pathlib import Path
 
+from featdyn.spec.fingerprints import code_digest, code_files, normalised_code, tree_digest
+
 from conftest import REPO, make_tree
-from featdyn.fingerprints import code_digest, code_files, normalised_code, tree_digest
 
 CODE = '''
 """Module docstring."""

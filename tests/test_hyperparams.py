@@ -6,12 +6,13 @@ import subprocess
 import sys
 from dataclasses import fields
 
+from featdyn.spec.hyperparams import EPOCH0_KEYS, OPTIMISATION_KEYS, RUN_ONLY_KEYS, TrainConfig, epoch_params
+
 from conftest import REPO
-from featdyn.hyperparams import OPTIMISATION_KEYS, RUN_ONLY_KEYS, SOURCE_KEYS, TrainConfig, epoch_params
 
 
 def test_every_training_setting_is_placed_in_exactly_one_group():
-    groups = [set(SOURCE_KEYS), set(OPTIMISATION_KEYS), set(RUN_ONLY_KEYS)]
+    groups = [set(EPOCH0_KEYS), set(OPTIMISATION_KEYS), set(RUN_ONLY_KEYS)]
     names = {f.name for f in fields(TrainConfig)}
     assert set().union(*groups) == names and sum(map(len, groups)) == len(names)
 
@@ -30,8 +31,8 @@ def test_the_workflow_resolves_its_config_without_torch():
     code = f"""
 import sys
 sys.path.insert(0, {str(REPO / 'src')!r})
-from featdyn import config as c, fingerprints
-from featdyn.hyperparams import epoch_params
+from featdyn.spec import config as c, fingerprints
+from featdyn.spec.hyperparams import epoch_params
 cfg = {{"models": {{"m": {{"arch": "resnet50", "layers": "preset"}}}}, "datasets": {{"d": {{"path": "x"}}}},
        "metrics": {{"p": {{"kind": "pwsm"}}, "f": {{"kind": "cka", "granularity": "filter"}}}}}}
 assert c.metric_params(cfg, "p")["alpha"] == 0.0 and c.layers_of(cfg, "m")[0] == "relu"
@@ -47,8 +48,8 @@ assert not heavy, heavy
 
 
 def test_metric_kinds_agree_with_the_metrics():
-    from featdyn import filterwise, metrics
-    from featdyn.metric_kinds import FILTER_KINDS, KIND_PARAMS
+    from featdyn.engine import filterwise, metrics
+    from featdyn.spec.metric_kinds import FILTER_KINDS, KIND_PARAMS
 
     assert {k: m.params for k, m in metrics.METRICS.items()} == KIND_PARAMS
     assert set(FILTER_KINDS) == set(filterwise.MAP_DISTANCES)

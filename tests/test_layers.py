@@ -8,7 +8,8 @@ import torchvision
 from torch import nn
 
 from featdyn import FeatdynError
-from featdyn.layers import PRESETS, LayerCapture, layer_shapes, parse_layer, preset, resolve_modules
+from featdyn.nets.layers import LayerCapture, layer_shapes, parse_layer, resolve_modules
+from featdyn.spec.layer_presets import PRESETS, preset
 
 # The layers as the issue (and docs/design.md, "Layers") state them, with torchvision's module paths.
 PAPER_LAYERS = {

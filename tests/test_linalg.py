@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from featdyn import linalg
-from featdyn.linalg import eig_nuclear_norms, lapack_threads, parallel_map, svd_nuclear_norms, torch_threads
+from featdyn.engine import linalg
+from featdyn.engine.linalg import eig_nuclear_norms, lapack_threads, parallel_map, svd_nuclear_norms, torch_threads
+
 from conftest import REPO
 from metric_reference import single_thread  # noqa: F401
 

@@ -8,12 +8,12 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, VENV_BIN
+from conftest import REPO, SNAKEFILE, VENV_BIN
 
 
 @pytest.mark.workflow
 def test_snakemake_lint_is_clean():
-    proc = subprocess.run([str(VENV_BIN / "snakemake"), "--lint", "--snakefile", str(REPO / "Snakefile"),
+    proc = subprocess.run([str(VENV_BIN / "snakemake"), "--lint", "--snakefile", str(SNAKEFILE),
                            "--directory", str(REPO)], capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Lints for" not in out, out[-4000:]
@@ -27,7 +27,7 @@ def test_snakefmt_would_change_nothing():
 
 def rules():
     """(file, rule name, rule text) of every rule in workflow/rules/*.smk and the Snakefile."""
-    for smk in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]:
+    for smk in [SNAKEFILE, *sorted((REPO / "workflow" / "rules").glob("*.smk"))]:
         for block in re.split(r"\n(?=rule |localrule )", smk.read_text())[1:]:
             yield smk.name, block.split()[1].rstrip(":"), block
 

@@ -1,4 +1,4 @@
-"""Property tests of the layer metrics, driven by their declarations in featdyn.metrics.METRICS.
+"""Property tests of the layer metrics, driven by their declarations in featdyn.engine.metrics.METRICS.
 
 Every claim a MetricInfo makes is checked both ways on random, low-rank, ill-conditioned and
 dead-unit data: a declared invariance must hold and an undeclared one must change the value; a
@@ -18,7 +18,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.stats import ortho_group
 
-from featdyn.metrics import METRICS, DegenerateWarning, distance
+from featdyn.engine.metrics import METRICS, DegenerateWarning, distance
+
 from metric_reference import KINDS, centred, make_data, make_pair, single_thread  # noqa: F401 (autouse fixture)
 
 # Each metric with the parameter values to test (pwsm: CCA's end, the middle, Procrustes' end).

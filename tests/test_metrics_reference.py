@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from featdyn.metrics import distance, distances
-from metric_reference import (KINDS, REFERENCES, make_pair, netrep_linear_metric, single_thread,  # noqa: F401
-                              unit_mean_eigenvalue)
+from featdyn.engine.metrics import distance, distances
+
+from metric_reference import KINDS, REFERENCES, make_pair, netrep_linear_metric, single_thread, unit_mean_eigenvalue  # noqa: F401
 
 CASES = [("procrustes", {}), ("cka", {}), ("cca", {}), ("pwsm", {"alpha": 0.0}), ("pwsm", {"alpha": 0.3}),
          ("pwsm", {"alpha": 0.8}), ("pwsm", {"alpha": 1.0})]
@@ -36,7 +36,7 @@ def test_all_metrics_at_once_equal_one_at_a_time(kind):
     x, y = make_pair(kind, 120, 9, 0.5, np.random.default_rng(7))
     blocks = {f"{n}{p.get('alpha', '')}": {"kind": n, **p} for n, p in CASES}
     together = distances(x, y, blocks, device="cpu")
-    for (label, block), (name, params) in zip(blocks.items(), CASES):
+    for (label, _block), (name, params) in zip(blocks.items(), CASES):
         assert together[label] == pytest.approx(REFERENCES[name](x, y, **params), abs=ATOL)
         assert together[label] == distance(name, x, y, device="cpu", **params)
 

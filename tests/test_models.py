@@ -9,12 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from torch import nn
 
 from featdyn import FeatdynError
-from featdyn.layers import PRESETS, LayerCapture
-from featdyn.models import (build_model, build_source_model, cached_weights_path, check_arch, construct,
-                            fetch_weights, head_path, load_pretrained_state, resolve_weights)
+from featdyn.nets.layers import LayerCapture
+from featdyn.nets.models import (
+    build_model,
+    build_source_model,
+    cached_weights_path,
+    check_arch,
+    construct,
+    fetch_weights,
+    head_path,
+    load_pretrained_state,
+    resolve_weights,
+)
+from featdyn.spec.layer_presets import PRESETS
 
 PAPER = [("vgg19", 1 / 16), ("resnet50", 1 / 16), ("densenet121", 1 / 8)]
 
@@ -144,7 +153,7 @@ def test_head_is_the_last_layer_of_any_torchvision_classifier():
 
 
 def test_config_check_names_a_bad_width():
-    from featdyn.config import check
+    from featdyn.spec.config import check
 
     def cfg(**model):
         return {"models": {"m": {"arch": "resnet50", "layers": "preset"} | model},

@@ -4,7 +4,7 @@ import re
 
 import yaml
 
-from conftest import REPO
+from conftest import REPO, SNAKEFILE
 
 
 def pins(lines):
@@ -50,7 +50,7 @@ def test_jobs_never_import_another_checkouts_library(tmp_path):
     other.mkdir(parents=True)
     (other / "__init__.py").write_text("")
     env = os.environ | {"PYTHONPATH": str(other.parent)}
-    cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+    cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path),
            "--configfile", str(REPO / "config/config.yaml"), "-n"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     out = proc.stdout + proc.stderr

@@ -12,9 +12,10 @@ import pytest
 import yaml
 from snakemake.utils import update_config, validate
 
-from conftest import REPO, VENV_BIN, make_tree
 from featdyn import FeatdynError
-from featdyn.config import analysed_epochs, check, dataset_roots, training_config
+from featdyn.spec.config import analysed_epochs, check, dataset_roots, training_config
+
+from conftest import REPO, SNAKEFILE, VENV_BIN, make_tree
 
 PAPER = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
 CODE = yaml.safe_load((REPO / "config" / "paper_code.yaml").read_text())
@@ -78,7 +79,7 @@ def test_paper_preset_names_missing_datasets(tmp_path):
 
 
 def dry_run(workdir: Path, *configfiles: Path) -> str:
-    cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+    cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
            "-n", "--configfile", *map(str, configfiles)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -110,7 +111,7 @@ def test_paper_grid_dry_run_lists_every_epoch_checkpoint(tmp_path):
 def test_table1_follows_the_config_order_like_the_paper():
     import pandas as pd
 
-    from featdyn.tables import table1, to_markdown
+    from featdyn.report.tables import table1, to_markdown
 
     rows = pd.DataFrame([{"model": m, "dataset": d, "epoch": e, "train_loss": 0.1, "test_loss": 0.2,
                           "train_acc": 80.0 + e + i, "test_acc": 70.0 + e + j}

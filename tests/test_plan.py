@@ -8,9 +8,10 @@ import sys
 import pytest
 import yaml
 
+from featdyn.nets.disk import DatasetSize, estimate
+from featdyn.spec.config import with_defaults
+
 from conftest import REPO
-from featdyn.config import with_defaults
-from featdyn.disk import DatasetSize, estimate
 
 PLAN = [sys.executable, str(REPO / "tools" / "plan.py")]
 

@@ -13,9 +13,10 @@ import torchvision
 from torch import nn
 
 from featdyn import FeatdynError
-from featdyn.layers import PRESETS, LayerCapture
-from featdyn.models import construct
-from featdyn.receptive_field import receptive_field, receptive_fields
+from featdyn.nets.layers import LayerCapture
+from featdyn.nets.models import construct
+from featdyn.nets.receptive_field import receptive_field, receptive_fields
+from featdyn.spec.layer_presets import PRESETS
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Sigmoid)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, VENV_BIN, snakemake
+from conftest import REPO, SNAKEFILE, VENV_BIN, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -26,7 +26,7 @@ READERS = {"table2": 1, "metric_correlation": 1, "similarity_curves": 1, "findin
 
 def dry_jobs(workdir: Path, config: Path, snakefile: Path | None = None, env: dict | None = None) -> list[tuple]:
     """[(rule, {wildcard: value})] of the jobs a dry run would run."""
-    cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(snakefile or REPO / "Snakefile"), "--directory",
+    cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(snakefile or SNAKEFILE), "--directory",
            str(workdir), "--configfile", str(config), "-n"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env or os.environ.copy(), timeout=900)
     assert proc.returncode == 0, f"dry run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -113,7 +113,7 @@ def test_one_more_epoch_trains_one_epoch_from_the_kept_resume_state(run):
 
 def code_copy(dst: Path) -> Path:
     """A fresh clone: the repository's files copied with new modification times."""
-    for part in ("Snakefile", "workflow", "src", "profiles", "config", "envs"):
+    for part in ("workflow", "src", "profiles", "config", "envs"):
         src = REPO / part
         if src.is_dir():
             shutil.copytree(src, dst / part, copy_function=shutil.copyfile,
@@ -135,18 +135,18 @@ def test_a_fresh_clone_and_edited_comments_rerun_nothing_a_code_change_reruns_it
     for p in clone.rglob("*"):  # and a touch of every file, on top of the new times of the copy
         os.utime(p, (now, now))
     # comments and docstrings of the training code change no result
-    training = clone / "src/featdyn/training.py"
+    training = clone / "src/featdyn/nets/training.py"
     text = training.read_text()
     training.write_text(text.replace('"""Fine-tuning, one epoch per call', '"""Fine-tuning (edited), one epoch per call', 1)
                         .replace("# The source model's train accuracy", "# (an edited comment) The source model's", 1))
     assert training.read_text().count("edited") == 2
     config = run / "config.yaml"
-    assert dry_jobs(run, config, clone / "Snakefile", clone_env(clone)) == []
+    assert dry_jobs(run, config, clone / "workflow/Snakefile", clone_env(clone)) == []
 
     # a real change in the metrics code: the stages that run it, and what follows, nothing upstream
-    metrics = clone / "src/featdyn/metrics.py"
+    metrics = clone / "src/featdyn/engine/metrics.py"
     metrics.write_text(metrics.read_text() + "\n\nRERUN_MARKER = 1\n")
-    jobs = dry_jobs(run, config, clone / "Snakefile", clone_env(clone))
+    jobs = dry_jobs(run, config, clone / "workflow/Snakefile", clone_env(clone))
     ran = counts(jobs)
     assert ran.get("score") == 4, ran
     for upstream in ("prepare_dataset", "fetch_weights", "finetune_epoch", "extract"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, VENV_BIN
+from conftest import REPO, SNAKEFILE, VENV_BIN
 
 pytestmark = pytest.mark.workflow
 
@@ -56,7 +56,7 @@ def test_slurm_profile_partitions_gpus_local_rules_and_retry_memory(tiny_run, tm
     env["FAKE_SLURM_OOM"] = "table1:3000"
 
     def snakemake_slurm(config, *targets):
-        cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(run),
+        cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(SNAKEFILE), "--directory", str(run),
                "--configfile", str(config), "--profile", str(REPO / "profiles/slurm"),
                "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
                "--latency-wait", "5", "--force", *targets]

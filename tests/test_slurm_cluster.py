@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import slurm_cluster
-from conftest import REPO, VENV_BIN
+from conftest import REPO, SNAKEFILE, VENV_BIN
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
@@ -63,7 +63,7 @@ def cluster():
 
 
 def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
-    return [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+    return [str(VENV_BIN / "snakemake"), "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
             "--configfile", str(workdir / "config.yaml"), "--profile", PROFILE, *args]
 
 

@@ -14,8 +14,15 @@ import pytest
 import zarr
 
 from featdyn import FeatdynError
-from featdyn.stores import (ActivationStore, StoreWriter, array_name, chunk_shape, expected_attrs, open_pair,
-                            open_store)
+from featdyn.data.stores import (
+    ActivationStore,
+    StoreWriter,
+    array_name,
+    chunk_shape,
+    expected_attrs,
+    open_pair,
+    open_store,
+)
 
 LAYERS = ["features.1", "layer1.2.relu@3"]
 SHAPES = {"features.1": (3, 4, 5), "layer1.2.relu@3": (6, 2, 2)}

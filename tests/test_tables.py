@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from featdyn import FeatdynError
-from featdyn.tables import metric_correlation, read_epoch_rows, table1, table2, table2_layout, to_markdown
+from featdyn.report.correlation import metric_correlation
+from featdyn.report.tables import read_epoch_rows, table1, table2, table2_layout, to_markdown
 
 
 def scores_frame(values: dict[tuple[str, int], list[float]], metric: str = "procrustes") -> pd.DataFrame:
@@ -71,9 +72,16 @@ def test_correlation_across_layers_and_epochs():
 
 # -- layouts, intervals, best entries, renderers -------------------------------------------------
 
-from featdyn.bootstrap import Replicates  # noqa: E402
-from featdyn.tables import (table1_best, table2_best, table2_caption, table2_layers, table2_layers_layout,  # noqa: E402
-                            to_html, to_latex)
+from featdyn.engine.bootstrap import Replicates  # noqa: E402
+from featdyn.report.tables import (  # noqa: E402
+    table1_best,
+    table2_best,
+    table2_caption,
+    table2_layers,
+    table2_layers_layout,
+    to_html,
+    to_latex,
+)
 
 
 def grid_scores(means: dict[tuple[str, str], float], method: str = "centred") -> tuple[pd.DataFrame, dict]:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from featdyn.linalg import torch_threads
-from featdyn.metrics import METRICS, from_stats
-from featdyn.stats import Accumulator, stream_pair
+from featdyn.engine.linalg import torch_threads
+from featdyn.engine.metrics import METRICS, from_stats
+from featdyn.engine.stats import Accumulator, stream_pair
 
 THREADS = (1, 2, 4)
 
@@ -29,7 +29,7 @@ def statistics(x: np.ndarray, y: np.ndarray, threads: int):
 @pytest.mark.parametrize("c", [17, 96])
 def test_statistics_and_metrics_are_bit_identical_across_thread_counts(c):
     rng = np.random.default_rng(c)
-    # 12,000 rows: several row parts of the CPU's syrk (featdyn.stats.TASK_ROWS) per batch
+    # 12,000 rows: several row parts of the CPU's syrk (featdyn.engine.stats.TASK_ROWS) per batch
     x = np.maximum(rng.standard_normal((12000, c)), 0).astype(np.float32) * 3 + 1
     y = (x @ rng.standard_normal((c, c)).astype(np.float32) * 0.1 + x).astype(np.float32)
     runs = [statistics(x, y, t) for t in THREADS]

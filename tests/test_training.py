@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tree
 from featdyn import FeatdynError
-from featdyn.datasets import ImageCache, SplitSpec, prepare
-from featdyn.models import fetch_weights
-from featdyn.training import (Normalizer, TrainConfig, epoch_order, fine_tune, iterate_batches, load_checkpoint,
-                              model_from_checkpoint, pick_device, resume_path, run_epoch, save_checkpoint)
+from featdyn.data.datasets import ImageCache, SplitSpec, prepare
+from featdyn.engine.linalg import pick_device
+from featdyn.nets.batches import Normalizer, iterate_batches
+from featdyn.nets.checkpoints import load_checkpoint, model_from_checkpoint, resume_path, save_checkpoint
+from featdyn.nets.models import fetch_weights
+from featdyn.nets.training import epoch_order, fine_tune, run_epoch
+from featdyn.spec.hyperparams import TrainConfig
+
+from conftest import make_tree
 
 CPU = torch.device("cpu")
 PAPER = [("vgg19", 1 / 16), ("resnet50", 1 / 16), ("densenet121", 1 / 8)]
@@ -127,7 +131,7 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, cache):
 
 
 def test_an_interrupted_epoch_leaves_no_checkpoint(tmp_path, cache, monkeypatch):
-    import featdyn.training as training
+    import featdyn.nets.checkpoints as checkpoints
 
     arch, width = "resnet50", 1 / 16
     cfg = TrainConfig(**CFG | {"epochs": 1})
@@ -136,7 +140,7 @@ def test_an_interrupted_epoch_leaves_no_checkpoint(tmp_path, cache, monkeypatch)
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.torch, "save", killed)  # killed while writing the checkpoint
+    monkeypatch.setattr(checkpoints.torch, "save", killed)  # killed while writing the checkpoint
     with pytest.raises(KeyboardInterrupt):
         run_epoch(1, arch, cache, cfg, tmp_path / "epoch_1.pt", previous=epoch0, device=CPU, width=width)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet50.pt", "resnet50_epoch_0.pt",

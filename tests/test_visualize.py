@@ -10,14 +10,22 @@ import torch
 from torch import nn
 
 from featdyn import FeatdynError
-from featdyn import config as fdconfig
-from featdyn.figures import heatmap_grid
-from featdyn.heatmaps import aligned_map, interpolation_matrix, row_limits, unit_centres
-from featdyn.patches import class_patch, display_window, strongest_unit
-from featdyn.receptive_field import receptive_field
-from featdyn.units import (choose_units, explicit_classes, explicit_filters, pick_images, rank_classes, rank_filters,
-                           resolve_layers, with_defaults)
-from featdyn.visualize import HeatmapRow
+from featdyn.nets.receptive_field import receptive_field
+from featdyn.report.figures import heatmap_grid
+from featdyn.report.heatmaps import aligned_map, interpolation_matrix, row_limits, unit_centres
+from featdyn.report.patches import class_patch, display_window, strongest_unit
+from featdyn.report.units import (
+    choose_units,
+    explicit_classes,
+    explicit_filters,
+    pick_images,
+    rank_classes,
+    rank_filters,
+    resolve_layers,
+    with_defaults,
+)
+from featdyn.report.visualize import HeatmapRow
+from featdyn.spec import config as fdconfig
 
 S = 32
 
@@ -111,7 +119,7 @@ def test_patch_inputs_are_checked():
 
 
 def test_display_window_trims_a_deep_field_evenly():
-    from featdyn.models import construct
+    from featdyn.nets.models import construct
 
     rf = receptive_field(construct("vgg19", meta=True), "features.35", 224)   # 252 px field, offset -118
     (ylo, yhi), (xlo, xhi) = display_window(rf)
@@ -142,7 +150,7 @@ def test_heatmap_is_aligned_on_the_receptive_field_centres():
 
 
 def test_resnet_centres_are_not_the_naive_ones():
-    from featdyn.models import construct
+    from featdyn.nets.models import construct
 
     rf = receptive_field(construct("resnet50", meta=True), "layer3.5", 224)
     cy, _ = unit_centres(rf)
@@ -246,8 +254,9 @@ def test_visualize_block_checks_name_the_key():
     fdconfig.check_visualize(cfg | {"visualize": {"rank_by": "stores", "patches": {"layers": ["features.3"]}}})
     assert fdconfig.rank_metric(cfg | {"visualize": {"rank_by": "stores"}}) is None
     # a misspelt key of the block is refused by the schema, with the closest valid key
+    from featdyn.spec.schema import check_keys
+
     from conftest import REPO
-    from featdyn.schema import check_keys
 
     with pytest.raises(FeatdynError, match=r"visualize\.patches\.clases.*visualize\.patches\.classes"):
         check_keys(cfg | {"visualize": {"patches": {"clases": 2}}}, REPO / "workflow/schemas/config.schema.yaml")
@@ -262,8 +271,8 @@ def make_run(tmp_path, maps_by_epoch: dict[int, np.ndarray], labels: np.ndarray)
     store per epoch holding ``maps_by_epoch[e]`` as layer '1' (chunks of 4 images)."""
     import pandas as pd
 
-    from featdyn.datasets import MANIFEST_COLUMNS, ImageCache, probe_hash
-    from featdyn.stores import StoreWriter
+    from featdyn.data.datasets import MANIFEST_COLUMNS, ImageCache, probe_hash
+    from featdyn.data.stores import StoreWriter
 
     n = len(labels)
     data = tmp_path / "data"
@@ -284,8 +293,8 @@ def make_run(tmp_path, maps_by_epoch: dict[int, np.ndarray], labels: np.ndarray)
 
 
 def test_units_patches_and_heatmaps_from_stores(tmp_path):
-    from featdyn.filterwise import filter_scores
-    from featdyn.visualize import heatmap_rows, open_stores, patch_rows, units_for_run
+    from featdyn.engine.filterwise import filter_scores
+    from featdyn.report.visualize import heatmap_rows, open_stores, patch_rows, units_for_run
 
     rng = np.random.default_rng(0)
     labels = np.array([0, 1, 0, 1, 1, 0, 0, 1, 1, 0])

@@ -4,7 +4,7 @@
     make plan CONFIG="config/paper.yaml" PLAN_ARGS="--images awa2=37322 ..."
 
 Jobs per rule are Snakemake's own count (`snakemake -n --forceall --quiet rules`, every job of the
-config). The disk estimate is featdyn.disk's: image caches, checkpoints, optimizer states,
+config). The disk estimate is featdyn.nets.disk's: image caches, checkpoints, optimizer states,
 activation stores, statistics, tables. Dataset sizes are counted on disk (image files per class
 folder, cheap: no image is opened); a dataset that is not there yet (not downloaded) needs its
 number of images (--images) and, unless the config draws `classes`, of classes (--classes). For the
@@ -24,14 +24,15 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
 sys.path.insert(0, str(REPO / "src"))
 
 from featdyn import FeatdynError  # noqa: E402
-from featdyn import config as fdconfig  # noqa: E402
-from featdyn.disk import DatasetSize, estimate, human, table  # noqa: E402
-from featdyn.fingerprints import image_files  # noqa: E402
+from featdyn.nets.disk import DatasetSize, estimate, human, table  # noqa: E402
+from featdyn.spec import config as fdconfig  # noqa: E402
+from featdyn.spec.fingerprints import image_files  # noqa: E402
 
-# The demo datasets as featdyn.demo_data writes them: 64 tiles from each of 3 photographs (512 px),
+# The demo datasets as featdyn.data.demo_data writes them: 64 tiles from each of 3 photographs (512 px),
 # 40 digits of each of 10 classes.
 DEMO_SIZES = {"textures": DatasetSize(3 * 64, 3), "digits": DatasetSize(10 * 40, 10)}
 
@@ -111,7 +112,7 @@ def stand_ins(config: dict, missing: list[str], sizes: dict, tmp: Path) -> Path:
 
 
 def jobs_per_rule(configfiles: list[Path], workdir: Path) -> str:
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(SNAKEFILE),
            "--directory", str(workdir), "--configfile", *map(str, configfiles), "-n", "--forceall", "--quiet",
            "rules"]
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}

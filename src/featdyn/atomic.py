@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import FeatdynError
+from featdyn import FeatdynError
 
 log = logging.getLogger("featdyn.atomic")
 

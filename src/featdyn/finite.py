@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from . import FeatdynError
+from featdyn import FeatdynError
 
 
 def _is_tensor(values) -> bool:
@@ -62,9 +62,3 @@ def check_finite(values, what: str) -> float:
         raise FeatdynError(f"{what}: {describe_nonfinite(values)}")
     return top
 
-
-def check_value(value: float, what: str) -> float:
-    """A scalar result that must be finite (a metric value, a loss)."""
-    if not math.isfinite(value):
-        raise FeatdynError(f"{what} is {value}")
-    return value

@@ -11,7 +11,7 @@
 from featdyn import cluster as fdcluster
 
 if workflow.is_main_process and not os.environ.get("SNAKEMAKE_SLURM_PARTITIONS"):
-    os.environ["SNAKEMAKE_SLURM_PARTITIONS"] = os.path.join(workflow.basedir, "profiles", "slurm", "partitions.yaml")
+    os.environ["SNAKEMAKE_SLURM_PARTITIONS"] = os.path.join(REPO, "profiles", "slurm", "partitions.yaml")
 
 
 def cluster_needs(jobs):

@@ -8,10 +8,10 @@ from pathlib import Path
 from snakemake.logging import logger
 
 from featdyn import FeatdynError
-from featdyn import config as fdconfig
-from featdyn import fingerprints
-from featdyn.bootstrap import BootstrapSpec
-from featdyn.hyperparams import epoch_params
+from featdyn.spec import config as fdconfig
+from featdyn.spec import fingerprints
+from featdyn.engine.bootstrap import BootstrapSpec
+from featdyn.spec.hyperparams import epoch_params
 
 if workflow.is_main_process:
     # JOB_FEATDYN (Snakefile): the featdyn that jobs would import before this process's src/
@@ -20,7 +20,7 @@ if workflow.is_main_process:
         if jobs_src != Path(FEATDYN_SRC).resolve():
             raise WorkflowError(
                 f"jobs would import featdyn from {jobs_src}, not from this workflow's {FEATDYN_SRC}: "
-                f"run `pip install -e {workflow.basedir}` in this environment, or `export PYTHONPATH={FEATDYN_SRC}`"
+                f"run `pip install -e {REPO}` in this environment, or `export PYTHONPATH={FEATDYN_SRC}`"
             )
     try:
         fdconfig.check(config)
@@ -36,10 +36,10 @@ RUNS = [(m, d) for m in MODELS for d in DATASETS]
 
 
 def script_code(name):
-    """A digest of workflow/scripts/<name> and of the library modules it imports (featdyn.fingerprints),
+    """A digest of workflow/scripts/<name> and of the library modules it imports (featdyn.spec.fingerprints),
     the `params.code` of each script's jobs. Editing that code reruns those jobs and what follows
     them; a fresh clone or a `touch` (same code, new times) reruns nothing."""
-    scripts = os.path.join(workflow.basedir, "workflow", "scripts")
+    scripts = os.path.join(workflow.basedir, "scripts")
     return fingerprints.code_digest(os.path.join(scripts, name), os.path.join(FEATDYN_SRC, "featdyn"))
 
 
@@ -85,7 +85,7 @@ def checkpoint_file(model, dataset, epoch):
 
 
 def resume_file(model, dataset, epoch):
-    """The optimizer state of an epoch (featdyn.training.resume_path): temp(), read by the next epoch only."""
+    """The optimizer state of an epoch (featdyn.nets.training.resume_path): temp(), read by the next epoch only."""
     return f"results/checkpoints/{model}/{dataset}/epoch_{epoch}.resume.pt"
 
 
@@ -180,7 +180,7 @@ def score_inputs(wildcards):
 
 ALL_SCORES = [f"results/scores/{s}/{m}/{d}.csv" for s in METRICS for m, d in RUNS]
 
-# Bootstrap over the probe images (featdyn.bootstrap): the statistics jobs keep per-image-group
+# Bootstrap over the probe images (featdyn.engine.bootstrap): the statistics jobs keep per-image-group
 # statistics (their only parameter is the number of groups, 0 when intervals are off), and the
 # score jobs resample them, so the resamples, level and seed rerun only score jobs.
 try:

@@ -1,4 +1,4 @@
-from featdyn.download import fetch_dataset
+from featdyn.data.download import fetch_dataset
 from featdyn.progress import job_setup
 
 log = job_setup(snakemake.log[0], name="download_dataset")

@@ -1,7 +1,7 @@
-from featdyn.datasets import ImageCache
-from featdyn.extraction import extract
+from featdyn.data.datasets import ImageCache
+from featdyn.engine.linalg import pick_device
+from featdyn.nets.extraction import extract
 from featdyn.progress import job_setup
-from featdyn.linalg import pick_device
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="extract")
 w, p = snakemake.wildcards, snakemake.params

@@ -1,4 +1,4 @@
-from featdyn.models import fetch_weights
+from featdyn.nets.models import fetch_weights
 from featdyn.progress import job_setup
 
 log = job_setup(snakemake.log[0], name="fetch_weights")

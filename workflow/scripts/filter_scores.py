@@ -1,14 +1,14 @@
-from featdyn.bootstrap import save_filter_groups
+from featdyn.data.stores import expected_attrs
+from featdyn.engine.bootstrap import save_filter_groups
+from featdyn.engine.linalg import pick_device
+from featdyn.engine.similarity import filter_scores_from_stores
 from featdyn.progress import job_setup
-from featdyn.similarity import filter_tables_from_stores
-from featdyn.stores import expected_attrs
-from featdyn.tables import write_csv
-from featdyn.linalg import pick_device
+from featdyn.report.tables import write_csv
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="filter_scores")
 w, i, p = snakemake.wildcards, snakemake.input, snakemake.params
 # Each store must come from its own checkpoint (epoch and sha256), with this run's layers and probe set.
-df, groups = filter_tables_from_stores(i.source_store, i.store, p.metric, model=w.model, dataset=w.dataset,
+df, groups = filter_scores_from_stores(i.source_store, i.store, p.metric, model=w.model, dataset=w.dataset,
                                        metric=w.metric, device=pick_device(snakemake.config["device"]),
                                        expect=expected_attrs(i.summary, model=w.model, dataset=w.dataset,
                                                              layers=p.layers),

@@ -1,9 +1,9 @@
 import pandas as pd
 
 from featdyn.atomic import write_text
-from featdyn.bootstrap import BootstrapSpec, Replicates
-from featdyn.findings import RunNumbers, findings, to_markdown, to_rst
+from featdyn.engine.bootstrap import BootstrapSpec, Replicates
 from featdyn.progress import job_setup
+from featdyn.report.findings import RunNumbers, findings, to_markdown, to_rst
 
 log = job_setup(snakemake.log[0], name="findings")
 p, inp = snakemake.params, snakemake.input

@@ -3,11 +3,12 @@ import json
 import torch
 
 from featdyn.atomic import write_text
-from featdyn.config import training_config
-from featdyn.datasets import ImageCache
-from featdyn.hyperparams import epoch_params
+from featdyn.data.datasets import ImageCache
+from featdyn.engine.linalg import pick_device
+from featdyn.nets.training import run_epoch
 from featdyn.progress import job_setup
-from featdyn.training import TrainConfig, pick_device, run_epoch
+from featdyn.spec.config import training_config
+from featdyn.spec.hyperparams import TrainConfig, epoch_params
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="finetune_epoch")
 w, p = snakemake.wildcards, snakemake.params

@@ -1,8 +1,8 @@
+from featdyn.data.stores import expected_attrs
+from featdyn.engine.linalg import pick_device
+from featdyn.engine.similarity import pair_group_stats_from_stores
+from featdyn.engine.stats import load_group_sides, load_sides, save_group_pairs, save_pairs
 from featdyn.progress import job_setup
-from featdyn.similarity import pair_group_stats_from_stores
-from featdyn.stats import load_group_sides, load_sides, save_group_pairs, save_pairs
-from featdyn.stores import expected_attrs
-from featdyn.linalg import pick_device
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="layer_stats")
 w, i = snakemake.wildcards, snakemake.input

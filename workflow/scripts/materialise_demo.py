@@ -1,4 +1,4 @@
-from featdyn.demo_data import materialise
+from featdyn.data.demo_data import materialise
 from featdyn.progress import job_setup
 
 log = job_setup(snakemake.log[0], name="materialise_demo")

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from featdyn.datasets import SplitSpec, prepare
+from featdyn.data.datasets import SplitSpec, prepare
 from featdyn.progress import job_setup
 
 log = job_setup(snakemake.log[0], name="prepare_dataset")

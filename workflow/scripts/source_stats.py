@@ -1,8 +1,8 @@
+from featdyn.data.stores import expected_attrs
+from featdyn.engine.linalg import pick_device
+from featdyn.engine.similarity import source_group_stats_from_store
+from featdyn.engine.stats import save_group_sides, save_sides
 from featdyn.progress import job_setup
-from featdyn.similarity import source_group_stats_from_store
-from featdyn.stats import save_group_sides, save_sides
-from featdyn.stores import expected_attrs
-from featdyn.linalg import pick_device
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="source_stats")
 w, i = snakemake.wildcards, snakemake.input

@@ -1,10 +1,22 @@
 import pandas as pd
 
 from featdyn.atomic import write_text
-from featdyn.bootstrap import BootstrapSpec, Replicates
+from featdyn.engine.bootstrap import BootstrapSpec, Replicates
 from featdyn.progress import job_setup
-from featdyn.tables import (html_page, table2, table2_best, table2_caption, table2_layers, table2_layers_caption,
-                            table2_layers_layout, table2_layout, to_html, to_latex, to_markdown, write_csv)
+from featdyn.report.tables import (
+    html_page,
+    table2,
+    table2_best,
+    table2_caption,
+    table2_layers,
+    table2_layers_caption,
+    table2_layers_layout,
+    table2_layout,
+    to_html,
+    to_latex,
+    to_markdown,
+    write_csv,
+)
 
 log = job_setup(snakemake.log[0], name="table2")
 p, out = snakemake.params, snakemake.output
@@ -15,7 +27,7 @@ interval = BootstrapSpec.from_config(p.bootstrap).describe()
 t2 = table2(scores, reps)
 write_csv(t2, out.csv)
 md, tex, html = [], [], []
-for i, m in enumerate(x for x in p.metrics if x in set(t2["metric"])):
+for _i, m in enumerate(x for x in p.metrics if x in set(t2["metric"])):
     layout, best = table2_layout(t2, m, p.models, p.datasets), table2_best(t2, m, p.models, p.datasets)
     title, caption = f"Table 2 ({m}): distance to the source model", table2_caption(t2, m, interval)
     md.append(to_markdown(layout, title, best, caption))
