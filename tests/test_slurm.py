@@ -74,9 +74,10 @@ def test_slurm_profile_partitions_gpus_local_rules_and_retry_memory(tiny_run, tm
 
     subs = submissions(tmp_path / "slurm")
     rules = [s["rule"] for s in subs]
-    assert sorted(rules) == ["layer_stats", "table1", "table1"], subs
+    # layer_stats goes as the analysis group job of the profile (groups), here a group of one
+    assert sorted(rules) == ["analysis_layer_stats", "table1", "table1"], subs
     assert (run / "results/weights/mnet_b.pt").is_file(), "the local rule ran, on the login node"
-    gpu = next(s for s in subs if s["rule"] == "layer_stats")
+    gpu = next(s for s in subs if s["rule"] == "analysis_layer_stats")
     assert (gpu["partition"], gpu["gpus"]) == ("gpu", "1"), gpu
     first, retry = [s for s in subs if s["rule"] == "table1"]
     assert (first["partition"], first["gpus"], retry["partition"], retry["gpus"]) == ("cpu", None, "cpu", None)

@@ -139,20 +139,6 @@ def same_checkpoint(a: Path, b: Path) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def wait_for_job(cluster, workdir: Path, state: str = "RUNNING", timeout: float = 180) -> str:
-    """The ID of the first job run in ``workdir`` to be in ``state`` (squeue), waiting at most ``timeout`` s."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%Z"], capture_output=True, text=True, env=cluster.env,
-                             timeout=20).stdout
-        for line in out.splitlines():
-            job, st, wd = line.split("|")
-            if st == state and Path(wd) == workdir:
-                return job
-        time.sleep(0.3)
-    raise AssertionError(f"no job of {workdir} reached {state} within {timeout} s")
-
-
 # -- the whole DAG -----------------------------------------------------------------------------------
 
 def test_tiny_workflow_on_the_cluster_equals_the_local_run(cluster, tiny_run, tmp_path):
@@ -167,14 +153,16 @@ def test_tiny_workflow_on_the_cluster_equals_the_local_run(cluster, tiny_run, tm
     print(f"cluster run: {len(jobs)} submissions, {wall:.0f} s")
     assert jobs and all(j["State"] == "COMPLETED" for j in jobs), jobs
     for j in jobs:
-        gpu = "gres/gpu=1" in j["AllocTRES"]
-        if j["rule"] in GPU_RULES or j["rule"].startswith("analysis"):
-            assert (j["Partition"], j["NodeList"], gpu) == ("gpu", "g1", True), j
+        m = re.search(r"gres/gpu=(\d+)", j["AllocTRES"])
+        gpus = int(m.group(1)) if m else 0
+        if j["rule"] == "finetune_epoch":
+            assert (j["Partition"], j["NodeList"], gpus, j["AllocCPUS"]) == ("gpu", "g1", 1, "1"), j
+        elif j["rule"].startswith("analysis"):  # two of its jobs at a time, a GPU and a thread each
+            assert (j["Partition"], j["NodeList"], gpus, j["AllocCPUS"]) == ("gpu", "g1", 2, "2"), j
         else:
-            assert (j["Partition"], j["NodeList"], gpu) == ("cpu", "c1", False), j
+            assert (j["Partition"], j["NodeList"], gpus, j["AllocCPUS"]) == ("cpu", "c1", 0, "1"), j
         if j["rule"] in MEM_MB:
             assert j["ReqMem"] == f"{MEM_MB[j['rule']]}M", j
-        assert j["AllocCPUS"] == "1", j
     rules = sorted(j["rule"] for j in jobs)
     # one group job for the analysis of (mnet, colours), the fine-tuning one job per epoch
     assert rules.count("finetune_epoch") == 3 and sum(r.startswith("analysis") for r in rules) == 1, rules
@@ -199,73 +187,112 @@ def test_jobs_too_large_for_every_node_stop_before_submission(cluster, tiny_run,
 # -- faults ------------------------------------------------------------------------------------------
 
 EPOCH1 = "results/checkpoints/mnet/colours/epoch_1.pt"
+STORE0 = "results/activations/mnet/colours/epoch_0.zarr"
+TABLE1 = "results/tables/table1_accuracy.csv"
 
 
-def rerun_epoch1(cluster, tiny_run, tmp_path, *args, fault=None, timeout=300):
-    """Rerun the fine-tuning of epoch 1 (one GPU job) on a copy of the local run, ``fault(popen)``
-    acting while it runs; returns the finished process, its sacct rows and the copy."""
-    work = copy_of(tiny_run, tmp_path / "run")
-    popen = start(cluster, work, *QUICK, "--force", EPOCH1, *args)
-    try:
-        if fault is not None:
-            fault(popen, work)
-    finally:
-        out = finish(popen, timeout)
-    jobs = jobs_of(cluster, run_id(out))
-    return popen.returncode, out, jobs, work
+def wait_for_job(cluster, workdir: Path, rule: str, state: str = "RUNNING", timeout: float = 180) -> str:
+    """The ID of the job of ``rule`` (its comment starts with rule_<rule>) run in ``workdir`` once it
+    is in ``state`` (squeue), waiting at most ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%Z|%k"], capture_output=True, text=True,
+                             env=cluster.env, timeout=20).stdout
+        for line in out.splitlines():
+            job, st, wd, comment = line.split("|", 3)
+            if st == state and Path(wd) == workdir and comment.startswith(f"rule_{rule}"):
+                return job
+        time.sleep(0.3)
+    raise AssertionError(f"no {rule} job of {workdir} reached {state} within {timeout} s")
 
 
-def test_a_killed_job_is_retried_with_more_memory(cluster, tiny_run, tmp_path):
-    def kill_the_step(popen, work):
-        job = wait_for_job(cluster, work)
-        # the processes of the job's step (the job's Snakemake and the script), by the step's cgroup
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            procs = list(Path("/sys/fs/cgroup/memory").glob(f"slurm_*/uid_*/job_{job}/step_0/cgroup.procs"))
-            pids = [int(p) for f in procs for p in f.read_text().split()]
-            if pids:
-                for pid in pids:
+def kill_step(cluster, job: str, timeout: float = 60) -> None:
+    """SIGKILL every process of the job's step (the job's Snakemake and its script, not SLURM's
+    slurmstepd), found by the cgroup of the step's task."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        files = list(Path("/sys/fs/cgroup/memory").glob(f"slurm_*/uid_*/job_{job}/step_0/task_*/cgroup.procs"))
+        pids = [int(p) for f in files for p in f.read_text().split()]
+        if pids:
+            for pid in pids:
+                try:
                     os.kill(pid, signal.SIGKILL)
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"job {job} never had a step with processes")
+                except ProcessLookupError:
+                    pass
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} never had a step with processes")
 
-    rc, out, jobs, work = rerun_epoch1(cluster, tiny_run, tmp_path, fault=kill_the_step)
-    assert rc == 0, out[-5000:]
-    assert [(j["State"], j["ReqMem"]) for j in jobs] == [("FAILED", "12000M"), ("COMPLETED", "24000M")], jobs
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): digest(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def faults(cluster, tiny_run, tmp_path_factory):
+    """One run of two independent jobs on a copy of the local run, a fault for each: the fine-tuning
+    of epoch 1 has its processes killed (kill -9) while it runs, and the feature maps of epoch 0 (an
+    analysis group job of one) get 300 MB on the first attempt (torch alone needs more: the cgroup
+    kills it). Returns (return code, output, {rule: sacct rows}, work)."""
+    work = copy_of(tiny_run, tmp_path_factory.mktemp("faults") / "run")
+    popen = start(cluster, work, *QUICK, "--set-resources", "extract:mem_mb=300*attempt**3", "--force",
+                  EPOCH1, STORE0)
+    try:
+        kill_step(cluster, wait_for_job(cluster, work, "finetune_epoch"))
+    finally:
+        out = finish(popen, 420)
+    rows = jobs_of(cluster, run_id(out))
+    by_rule = {}
+    for r in rows:
+        by_rule.setdefault(r["rule"], []).append(r)
+    return popen.returncode, out, by_rule, work
+
+
+def test_a_killed_job_is_retried_with_more_memory(faults, tiny_run):
+    rc, out, jobs, work = faults
+    assert rc == 0, out[-6000:]
+    runs = [(j["State"], j["ReqMem"]) for j in jobs["finetune_epoch"]]
+    assert runs == [("FAILED", "12000M"), ("COMPLETED", "24000M")], jobs
     assert same_checkpoint(work / EPOCH1, tiny_run / EPOCH1)
 
 
-def test_a_job_over_its_memory_is_retried_with_more(cluster, tiny_run, tmp_path):
-    # 300 MB on the first attempt (torch alone needs more: the cgroup kills it), 2400 MB on the retry
-    rc, out, jobs, work = rerun_epoch1(cluster, tiny_run, tmp_path, "--set-resources",
-                                       "finetune_epoch:mem_mb=300*attempt**3")
-    assert rc == 0, out[-5000:]
-    assert [(j["State"], j["ReqMem"]) for j in jobs] == [("OUT_OF_MEMORY", "300M"), ("COMPLETED", "2400M")], jobs
-    assert same_checkpoint(work / EPOCH1, tiny_run / EPOCH1)
+def test_a_job_over_its_memory_is_retried_with_more(cluster, faults, tiny_run):
+    rc, out, jobs, work = faults
+    assert rc == 0, out[-6000:]
+    group = next(v for k, v in jobs.items() if k.startswith("analysis"))
+    assert [j["ReqMem"] for j in group] == ["300M", "2400M"] and group[1]["State"] == "COMPLETED", group
+    # the step that the cgroup killed (the job itself reads FAILED: its step failed)
+    steps = subprocess.run(["sacct", "-n", "-P", "-j", group[0]["JobIDRaw"], "-o", "JobID,State"], capture_output=True,
+                           text=True, env=cluster.env, timeout=30).stdout
+    assert "OUT_OF_MEMORY" in steps, steps
+    assert tree_digest(work / STORE0) == tree_digest(tiny_run / STORE0)
 
 
 def test_a_cancelled_job_is_retried_not_waited_for(cluster, tiny_run, tmp_path):
     """scancel: sacct says "CANCELLED by 0", which plugin 2.8.0 does not take for a failure (it would
     wait forever); the profile's squeue status command sees CANCELLED and the retry runs."""
-    def cancel(popen, work):
-        job = wait_for_job(cluster, work)
+    work = copy_of(tiny_run, tmp_path / "run")
+    popen = start(cluster, work, *QUICK, "--force", TABLE1)
+    try:
+        job = wait_for_job(cluster, work, "table1")
         subprocess.run(["scancel", job], check=True, env=cluster.env, timeout=20)
-
-    rc, out, jobs, work = rerun_epoch1(cluster, tiny_run, tmp_path, fault=cancel, timeout=180)
-    assert rc == 0, out[-5000:]
-    assert [j["State"] for j in jobs] == ["CANCELLED by 0", "COMPLETED"], jobs
-    assert same_checkpoint(work / EPOCH1, tiny_run / EPOCH1)
+    finally:
+        out = finish(popen, 300)
+    assert popen.returncode == 0, out[-6000:]
+    assert [j["State"] for j in jobs_of(cluster, run_id(out))] == ["CANCELLED by 0", "COMPLETED"]
+    assert digest(work / TABLE1) == digest(tiny_run / TABLE1)
 
 
 def test_ctrl_c_cancels_the_jobs_and_a_rerun_completes(cluster, tiny_run, tmp_path):
-    def interrupt(popen, work):
-        wait_for_job(cluster, work)
+    work = copy_of(tiny_run, tmp_path / "run")
+    popen = start(cluster, work, *QUICK, "--force", EPOCH1)
+    try:
+        wait_for_job(cluster, work, "finetune_epoch")
         popen.send_signal(signal.SIGINT)
-
-    rc, out, jobs, work = rerun_epoch1(cluster, tiny_run, tmp_path, fault=interrupt, timeout=120)
-    assert rc != 0, out[-3000:]
-    assert [j["State"] for j in jobs] == ["CANCELLED by 0"], ("Snakemake cancelled its job", jobs)
+    finally:
+        out = finish(popen, 120)
+    assert popen.returncode != 0, out[-3000:]
+    assert [j["State"] for j in jobs_of(cluster, run_id(out))] == ["CANCELLED by 0"], "Snakemake cancelled its job"
     assert not (work / EPOCH1).exists()
     proc = run(cluster, work, *QUICK, EPOCH1, timeout=180)
     assert [j["State"] for j in jobs_of(cluster, run_id(proc))] == ["COMPLETED"]

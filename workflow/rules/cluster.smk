@@ -10,8 +10,10 @@
 # Main process only: the jobs' own Snakemake (--executor slurm-jobstep, --no-hooks) skips all of this.
 from featdyn import cluster as fdcluster
 
-if workflow.is_main_process and not os.environ.get("SNAKEMAKE_SLURM_PARTITIONS"):
-    os.environ["SNAKEMAKE_SLURM_PARTITIONS"] = os.path.join(REPO, "profiles", "slurm", "partitions.yaml")
+# (set for the plugin, not read by the workflow: hence no `envvars:`)
+PARTITIONS_VARIABLE = "SNAKEMAKE_SLURM_PARTITIONS"
+if workflow.is_main_process:
+    os.environ.setdefault(PARTITIONS_VARIABLE, os.path.join(REPO, "profiles", "slurm", "partitions.yaml"))
 
 
 def cluster_needs(jobs):
