@@ -103,9 +103,20 @@ def run_id(proc_or_text) -> str:
     return re.search(r"SLURM run ID: (\S+)", text).group(1)
 
 
-def jobs_of(cluster, run: str) -> list[dict]:
-    """The run's jobs in sacct (its jobs are named after the run ID), each with its rule."""
-    rows = [r for r in cluster.sacct("--name", run)]
+def jobs_of(cluster, run: str, settle: float = 30) -> list[dict]:
+    """The run's jobs in sacct (its jobs are named after the run ID), each with its rule. slurmctld
+    hands the records to slurmdbd a moment later: wait (at most ``settle`` s) until squeue has no job
+    of the run left and sacct has every job that squeue showed, in a final state."""
+    end = time.monotonic() + settle
+    while True:
+        queued = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T", "--name", run], capture_output=True,
+                                text=True, env=cluster.env, timeout=20).stdout.split()
+        rows = cluster.sacct("--name", run)
+        ids = {r["JobIDRaw"] for r in rows}
+        done = all(r["State"] not in ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED") for r in rows)
+        if (done and {q.split("|")[0] for q in queued} <= ids) or time.monotonic() > end:
+            break
+        time.sleep(0.5)
     for r in rows:
         m = re.match(r"rule_(.+?)(?:_wildcards_|$)", r["Comment"])
         r["rule"] = m.group(1) if m else r["Comment"]
@@ -284,8 +295,11 @@ def test_a_cancelled_job_is_retried_not_waited_for(cluster, tiny_run, tmp_path):
 
 
 def test_ctrl_c_cancels_the_jobs_and_a_rerun_completes(cluster, tiny_run, tmp_path):
+    """Ctrl-C while a job runs: the plugin cancels it and Snakemake exits (within 2 minutes), leaving
+    no checkpoint; the same command again runs the job and completes."""
     work = copy_of(tiny_run, tmp_path / "run")
-    popen = start(cluster, work, *QUICK, "--force", EPOCH1)
+    (work / EPOCH1).unlink()
+    popen = start(cluster, work, *QUICK, EPOCH1)
     try:
         wait_for_job(cluster, work, "finetune_epoch")
         popen.send_signal(signal.SIGINT)
