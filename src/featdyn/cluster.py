@@ -90,9 +90,9 @@ def misfits(needs: list[Need], partitions: dict[str, Partition]) -> list[str]:
         if not candidates:
             offer = f"no partition has nodes with {need.gpus} GPU(s)"
         else:
-            offer = "; ".join(f"{p.name}: {p.cpus} CPUs, {p.mem_mb} MB" + (f", {p.gpus} GPUs" if p.gpus else "")
-                              for p in candidates)
-        lines.append(f"  {need.rule}: asks for {what}; largest node per partition: {offer}")
+            offer = "largest node per partition: " + "; ".join(
+                f"{p.name}: {p.cpus} CPUs, {p.mem_mb} MB" + (f", {p.gpus} GPUs" if p.gpus else "") for p in candidates)
+        lines.append(f"  {need.rule}: asks for {what}; {offer}")
     return lines
 
 
