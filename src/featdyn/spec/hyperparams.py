@@ -12,7 +12,7 @@ epochs without retraining the earlier ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,3 +62,13 @@ def epoch_params(training: dict, epoch: int) -> dict:
     if epoch >= 1 and out["optimizer"] != "sgd":
         out.pop("momentum")
     return out
+
+
+def training_config(config: dict, model: str, dataset: str) -> dict:
+    """The training block for one run: defaults < global ``training`` < model's < dataset's."""
+    cfg = asdict(TrainConfig()) | {"seed": config.get("seed", 0)}
+    cfg.pop("extra")
+    for block in (config.get("training") or {}, config["models"][model].get("training") or {},
+                  config["datasets"][dataset].get("training") or {}):
+        cfg |= block
+    return cfg
