@@ -26,6 +26,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 import slurm_cluster  # noqa: E402
+
 from conftest import tiny_config  # noqa: E402
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 import slurm_cluster
+
 from conftest import REPO, SNAKEFILE, VENV_BIN
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
