@@ -11,7 +11,8 @@ from featdyn import FeatdynError
 from featdyn.spec import config as fdconfig
 from featdyn.spec import fingerprints
 from featdyn.engine.bootstrap import BootstrapSpec
-from featdyn.spec.hyperparams import epoch_params
+from featdyn.spec.hyperparams import epoch_params, fresh_optimizer
+from featdyn.spec.recipes import reads_reference
 
 if workflow.is_main_process:
     # JOB_FEATDYN (Snakefile): the featdyn that jobs would import before this process's src/
@@ -150,8 +151,13 @@ def finetune_inputs(wildcards):
         inputs["weights"] = f"results/weights/{wildcards.model}.pt"
     else:
         inputs["previous"] = checkpoint_file(wildcards.model, wildcards.dataset, epoch - 1)
-    if epoch >= 2:  # epoch 1 starts a fresh optimizer: epoch 0's state is read by no job
+    training = training_params(wildcards)
+    # epoch 1 (and the first after LP-FT's probe phase) starts a fresh optimizer: no state read
+    if epoch >= 1 and not fresh_optimizer(training, epoch):
         inputs["previous_state"] = resume_file(wildcards.model, wildcards.dataset, epoch - 1)
+    if reads_reference(training, epoch):  # lr_from: the reference run's score file (featdyn.spec.recipes)
+        ref = training["lr_from"]
+        inputs["reference"] = f"results/scores/{ref['metric']}/{ref['model']}/{wildcards.dataset}.csv"
     return inputs
 
 

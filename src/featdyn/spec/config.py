@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from featdyn import FeatdynError
-from featdyn.spec.hyperparams import TrainConfig
+from featdyn.spec.hyperparams import TrainConfig, lr_from_block
 from featdyn.spec.metric_kinds import FILTER_KINDS, check_params
 
 DATASET_SOURCES = ("demo", "path", "train", "test", "url")
@@ -26,7 +26,18 @@ def training_config(config: dict, model: str, dataset: str) -> dict:
     for block in (config.get("training") or {}, config["models"][model].get("training") or {},
                   config["datasets"][dataset].get("training") or {}):
         cfg |= block
+    if cfg.get("lr_from"):
+        cfg["lr_from"] = lr_from_block(cfg["lr_from"])
+        if cfg["lr_from"]["metric"] is None:
+            cfg["lr_from"]["metric"] = default_lr_from_metric(config)
     return cfg
+
+
+def default_lr_from_metric(config: dict) -> str | None:
+    """lr_from's default metric: the first layer-granularity metric of the config (else the first)."""
+    metrics = list(config.get("metrics") or {})
+    layer = [m for m in metrics if (config["metrics"][m] or {}).get("granularity", "layer") == "layer"]
+    return (layer or metrics or [None])[0]
 
 
 def analysed_epochs(config: dict, model: str, dataset: str) -> list[int]:
@@ -174,6 +185,10 @@ def check(config: dict, base: str | Path = ".") -> None:
         attempt(metric_params, config, metric)
 
     attempt(check_visualize, config)
+
+    from featdyn.spec.recipes import check_recipes
+
+    attempt(check_recipes, config)
 
     for model in config["models"]:
         for dataset in config["datasets"]:
