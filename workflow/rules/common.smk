@@ -287,3 +287,13 @@ VISUAL_FIGURES = [
     for m, d in RUNS
     for ext in ("png", "pdf")
 ]
+
+# Fine-tuning recipes side by side (workflow/rules/recipes.smk): entries of one architecture with
+# different training blocks; the recipe table and figure exist only where there are such groups.
+from featdyn.spec.recipe_names import recipe_groups, recipe_label
+
+RECIPE_GROUPS = recipe_groups(config["models"])
+RECIPE_MODELS = [m for group in RECIPE_GROUPS.values() for m in group]
+RECIPE_LABELS = {m: {d: recipe_label(fdconfig.training_config(config, m, d)) for d in DATASETS} for m in RECIPE_MODELS}
+RECIPE_KEYS = [[s, m, d] for s in METRICS for m in RECIPE_MODELS for d in DATASETS]
+RECIPE_OUTPUTS = ["results/tables/recipes.csv", "results/figures/recipes.png"] if RECIPE_GROUPS else []

@@ -17,6 +17,11 @@ header = (f"Models {', '.join(f'{m} ({a})' for m, a in p.models.items())}; datas
           f"metrics {', '.join(p.metrics)}. Intervals: {spec.describe()}; a difference counts when its interval "
           f"excludes 0.")
 found = findings(numbers)
+recipes = snakemake.input.get("recipes")  # recipes of one architecture side by side: [] or [the table]
+if recipes:
+    from featdyn.report.recipes import recipe_findings
+
+    found += recipe_findings(pd.read_csv(recipes if isinstance(recipes, str) else recipes[0]))
 write_text(snakemake.output.md, to_markdown(found, header))
 write_text(snakemake.output.rst, to_rst(found, header))
 for f in found:

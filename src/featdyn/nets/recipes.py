@@ -177,7 +177,7 @@ def lr_from_scales(model: nn.Module, distances: dict[str, float], block: dict) -
                      distance_scales([distances[layer] for _, layer in measured], block["power"], block["floor"])))
     out: dict[str, float] = {}
     k = 0
-    for i, (path, params) in enumerate(bl):
+    for i, (_, params) in enumerate(bl):
         while k < len(measured) - 1 and measured[k][0] < i:
             k += 1
         s = scale[measured[k][1]]

@@ -31,6 +31,7 @@ from torch import nn
 
 from featdyn import FeatdynError
 from featdyn.engine.linalg import pick_device
+from featdyn.nets import recipes
 from featdyn.nets.batches import Normalizer, iterate_batches, loader_workers
 from featdyn.nets.checkpoints import (
     check_weights,
@@ -40,7 +41,6 @@ from featdyn.nets.checkpoints import (
     resume_path,
     save_checkpoint,
 )
-from featdyn.nets import recipes
 from featdyn.nets.models import build_source_model
 from featdyn.progress import Progress
 from featdyn.spec.hyperparams import TrainConfig, epoch_params, fresh_optimizer
