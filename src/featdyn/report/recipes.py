@@ -207,8 +207,8 @@ def _pairs(table: pd.DataFrame):
 def check_preserving(table: pd.DataFrame) -> Finding:
     """(f) LP-FT and freezing change features less than full fine-tuning (Kumar et al. 2022)."""
     f = Finding("f", "LP-FT and freezing change features less than full fine-tuning",
-                "Kumar et al. (2022): linear probing then fine-tuning distorts pretrained features less than full "
-                "fine-tuning",
+                "(not this paper's claim, Kumar et al. 2022's) linear probing then fine-tuning distorts pretrained "
+                "features less than full fine-tuning",
                 "per architecture, dataset and metric: the layer-averaged distance to the source at the last epoch "
                 "of each LP-FT, linear-probe or freezing recipe minus that of full fine-tuning (the entry of the "
                 "same architecture without recipe options), with the interval of the difference; it holds when the "
