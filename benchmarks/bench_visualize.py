@@ -38,7 +38,7 @@ from featdyn.spec import config as fdconfig
 from featdyn.data.datasets import ImageCache
 from featdyn.report.figures import heatmap_grid, patch_grid, save_figure
 from featdyn.data.stores import expected_attrs
-from featdyn.report.tables import write_csv
+from featdyn.atomic import write_csv
 from featdyn.report.visualize import fields_for, heatmap_rows, open_stores, patch_rows, units_for_run
 t1 = time.perf_counter()
 cfg_path, root, model, dataset, out = sys.argv[1:6]

@@ -73,24 +73,14 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
+TEST_CASE = REPO / ".test"
+
+
 def tiny_config(tmp: Path, **over) -> Path:
-    make_tree(tmp / "data" / "colours", classes=2, per_class=12, size=20)
-    cfg = {
-        "seed": 0, "image_size": 32, "device": "cpu",
-        "models": {"mnet": {"arch": "mobilenet_v2", "weights": "IMAGENET1K_V1",
-                            "layers": ["features.1", "features.3"]}},
-        "datasets": {"colours": {"path": "data/colours"}},
-        "split": {"test_fraction": 0.25, "seed": 0},
-        "probe": {"per_class": 3, "seed": 0},
-        "training": {"epochs": 2, "batch_size": 8, "lr": 1e-3},
-        "extraction": {"batch_size": 4},
-        # one thread per job, as in the demo: two jobs at a time on the CI's 2 cores
-        "threads": {r: 1 for r in ("prepare_dataset", "finetune_epoch", "extract", "source_stats", "layer_stats",
-                                   "filter_scores", "score")},
-        "metrics": {"procrustes": {"kind": "procrustes"}, "pwsm": {"kind": "pwsm", "alpha": 0.5},
-                    "procrustes_f": {"kind": "procrustes", "granularity": "filter"},
-                    "cka_f": {"kind": "cka", "granularity": "filter"}},
-    }
+    """The tiny configuration of ``.test/config/config.yaml`` with its images (``.test/data``) in
+    ``tmp``, top-level keys replaced by ``over``; returns the config file's path in ``tmp``."""
+    shutil.copytree(TEST_CASE / "data", tmp / "data", dirs_exist_ok=True)
+    cfg = yaml.safe_load((TEST_CASE / "config" / "config.yaml").read_text())
     cfg.update(over)
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))

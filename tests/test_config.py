@@ -5,7 +5,8 @@ import copy
 import pytest
 
 from featdyn import FeatdynError
-from featdyn.spec.config import analysed_epochs, check, metric_params, training_config
+from featdyn.spec.config import analysed_epochs, check, metric_params, with_defaults
+from featdyn.spec.hyperparams import training_config
 
 from conftest import make_tree
 
@@ -40,9 +41,9 @@ def test_training_blocks_merge_global_then_model_then_dataset():
 
 
 def test_analysed_epochs():
-    assert analysed_epochs(cfg(), "m", "e") == [0, 1, 2]
-    assert analysed_epochs(cfg(analysis={"epochs": [2, 1]}), "m", "e") == [0, 1, 2]
-    assert analysed_epochs(cfg(analysis={"epochs": [1, 3]}), "m", "d") == [0, 1, 3]
+    assert analysed_epochs(with_defaults(cfg()), "m", "e") == [0, 1, 2]
+    assert analysed_epochs(with_defaults(cfg(analysis={"epochs": [2, 1]})), "m", "e") == [0, 1, 2]
+    assert analysed_epochs(with_defaults(cfg(analysis={"epochs": [1, 3]})), "m", "d") == [0, 1, 3]
 
 
 @pytest.mark.parametrize("changes, needle", [

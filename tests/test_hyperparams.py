@@ -57,11 +57,12 @@ def test_the_workflow_resolves_its_config_without_torch():
 import sys
 sys.path.insert(0, {str(REPO / 'src')!r})
 from featdyn.spec import config as c, fingerprints
-from featdyn.spec.hyperparams import epoch_params
+from featdyn.spec.hyperparams import epoch_params, training_config
 cfg = {{"models": {{"m": {{"arch": "resnet50", "layers": "preset"}}}}, "datasets": {{"d": {{"path": "x"}}}},
        "metrics": {{"p": {{"kind": "pwsm"}}, "f": {{"kind": "cka", "granularity": "filter"}}}}}}
+cfg = c.with_defaults(cfg)
 assert c.metric_params(cfg, "p")["alpha"] == 0.0 and c.layers_of(cfg, "m")[0] == "relu"
-epoch_params(c.training_config(cfg, "m", "d"), 1)
+epoch_params(training_config(cfg, "m", "d"), 1)
 c.dataset_roots("d", cfg["datasets"]["d"], "results/data/d")
 fingerprints.code_digest({str(REPO / 'workflow/scripts/score.py')!r}, {str(REPO / 'src/featdyn')!r})
 c.visualize_block(cfg), c.visual_epochs(cfg, "m", "d"), c.rank_metric(cfg)

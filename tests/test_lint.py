@@ -58,3 +58,11 @@ def test_project_files_point_only_inside_the_repository():
             assert needle not in text, f"{name} points outside the repository ({needle})"
         for doc in re.findall(r"docs/[\w.-]+\.md", text):
             assert (REPO / doc).is_file(), f"{name} cites {doc}, which does not exist"
+
+
+def test_ruff_finds_nothing():
+    """The Python code (library, scripts, tests, tools, benchmarks) passes the rules chosen in
+    pyproject.toml: pyflakes, pycodestyle, import order, bugbear, pyupgrade."""
+    proc = subprocess.run([str(VENV_BIN / "ruff"), "check", "."], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:] + "\n(run `.venv/bin/ruff check --fix .`)"

@@ -30,6 +30,7 @@ IDS = [f"{n}{p.get('alpha', '')}" for n, p in CASES]
 TRANSFORMS = ("orthogonal", "isotropic_scaling", "translation", "invertible_linear", "zero_padding")
 INVARIANT_ATOL = 1e-7   # angles carry ~sqrt(eps) near 0 and eps * cond^2 on ill-conditioned data
 CHANGED_MIN = 1e-4      # a transformation a metric is not invariant to moves it by far more
+SYMMETRY_ATOL = 1e-10   # d(X, Y) - d(Y, X): rounding of two accumulations, ~eps cond(C) after whitening
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 data_args = st.tuples(st.sampled_from(KINDS), st.integers(0, 2**31 - 1), st.integers(3, 7))
@@ -74,7 +75,10 @@ def test_identity_is_zero_and_symmetry(name, params, args):
     lo = info.bounds[0]
     assert abs(d(name, x, x, params) - lo) < INVARIANT_ATOL
     if info.symmetric:
-        assert d(name, x, y, params) == pytest.approx(d(name, y, x, params), abs=1e-12)
+        # (X, Y) and (Y, X) accumulate their statistics in different syrk calls, whose last bits
+        # depend on the BLAS kernel; whitening carries them into the angle as ~eps cond(C):
+        # 2.4e-11 rad measured on OpenBLAS's SkylakeX kernels for low-rank data (Zen: < 1e-12).
+        assert d(name, x, y, params) == pytest.approx(d(name, y, x, params), abs=SYMMETRY_ATOL)
     else:
         assert abs(d(name, x, y, params) - d(name, y, x, params)) > CHANGED_MIN
 

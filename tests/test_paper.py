@@ -13,7 +13,8 @@ import yaml
 from snakemake.utils import update_config, validate
 
 from featdyn import FeatdynError
-from featdyn.spec.config import analysed_epochs, check, dataset_roots, training_config
+from featdyn.spec.config import analysed_epochs, check, dataset_roots, with_defaults
+from featdyn.spec.hyperparams import training_config
 
 from conftest import REPO, SNAKEFILE, VENV_BIN, make_tree
 
@@ -51,7 +52,7 @@ def test_paper_preset_states_the_papers_hyperparameters():
                 ("adam", 196, 15, 0.5, 0.0)
             assert t["lr"] == (1e-3 if dataset == "fruits360" else 1e-4)
             assert (tuple(t["mean"]), tuple(t["std"])) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-            assert analysed_epochs(PAPER, model, dataset) == list(range(16))
+            assert analysed_epochs(with_defaults(PAPER), model, dataset) == list(range(16))
     assert PAPER["split"] == {"test_fraction": 0.2, "seed": 42}
     fruits = PAPER["datasets"]["fruits360"]
     assert (fruits["classes"], fruits["class_seed"]) == (20, 112)
@@ -66,7 +67,7 @@ def test_paper_code_overlay_gives_the_authors_code_settings():
         for dataset in cfg["datasets"]:
             t = training_config(cfg, model, dataset)
             assert (t["batch_size"], t["lr"], t["epochs"], t["grad_clip"]) == (32, 5e-5, 15, 0.5)
-            assert analysed_epochs(cfg, model, dataset) == [0, 1, 3, 5, 7, 10, 15]
+            assert analysed_epochs(with_defaults(cfg), model, dataset) == [0, 1, 3, 5, 7, 10, 15]
     assert cfg["datasets"]["fruits360"]["classes"] == 20, "the overlay keeps the rest of the preset"
 
 

@@ -12,7 +12,8 @@ from featdyn import FeatdynError
 from featdyn.engine.bootstrap import Replicates
 from featdyn.report.findings import FAILS, HOLDS, UNCHECKED
 from featdyn.report.recipes import AVERAGE, check_preserving, check_proportional, recipe_layout, recipe_table
-from featdyn.spec.config import check, training_config
+from featdyn.spec.config import check, with_defaults
+from featdyn.spec.hyperparams import training_config
 from featdyn.spec.recipe_names import recipe_groups, recipe_label
 from featdyn.spec.recipes import check_recipes, reads_reference
 
@@ -123,9 +124,10 @@ def test_bad_recipe_options_are_named_before_any_job_runs(tmp_path):
     (tmp_path / "data/c0").mkdir(parents=True)
 
     def config(**models):
-        return {"models": {"ref": {"arch": "mobilenet_v2"}, **models}, "datasets": {"d": {"demo": "digits"}},
-                "metrics": {"p": {"kind": "procrustes"}, "f": {"kind": "cka", "granularity": "filter"}},
-                "training": {"epochs": 2}}
+        return with_defaults({"models": {"ref": {"arch": "mobilenet_v2"}, **models},
+                              "datasets": {"d": {"demo": "digits"}},
+                              "metrics": {"p": {"kind": "procrustes"}, "f": {"kind": "cka", "granularity": "filter"}},
+                              "training": {"epochs": 2}})
 
     def problems(**models):
         with pytest.raises(FeatdynError) as err:
@@ -169,6 +171,7 @@ def test_the_recipe_presets_pass_the_config_check(tmp_path, preset):
 
     cfg = yaml.safe_load((REPO / "config" / preset).read_text())
     validate(copy_of(cfg), SCHEMA)
+    cfg = with_defaults(cfg)
     tiny_trees(tmp_path, cfg)
     check(cfg, tmp_path)
     (group,) = recipe_groups(cfg["models"]).values()

@@ -54,7 +54,7 @@ def test_small_blocks_are_used_and_give_the_same_result(monkeypatch):
     """The row blocks that bound the working memory do not change the statistics."""
     x, y = make_pair("dead_units", 300, 8, 0.5, np.random.default_rng(1))
     whole = pair_stats(x, y)
-    monkeypatch.setitem(__import__("featdyn.engine.stats").stats.BLOCK_ELEMENTS, "cpu", 8 * 7)  # 7 rows a block
+    monkeypatch.setitem(__import__("featdyn.engine.stats").engine.stats.BLOCK_ELEMENTS, "cpu", 8 * 7)  # 7 rows a block
     blocked = pair_stats(x, y)
     for got, want in zip(blocked.centered(), whole.centered()):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-11)
@@ -67,7 +67,7 @@ def test_block_products_give_the_full_statistics(monkeypatch, c, syrk):
     of CPUs without threadpoolctl): the full, symmetric statistics, equal to the direct products,
     streamed or in one shot, for both sides and for a side alone. Parts of 64 rows: several per
     block, the last one short."""
-    st = __import__("featdyn.engine.stats").stats
+    st = __import__("featdyn.engine.stats").engine.stats
     monkeypatch.setattr(st, "TASK_ROWS", 64)
     monkeypatch.setattr(st, "cpu_workers", lambda: 2)  # two threads, whatever the machine
     if not syrk:
@@ -96,7 +96,7 @@ def test_a_representation_against_itself_gives_identical_bits(monkeypatch, c):
     whatever the thread count;
     so every metric is 0 up to its last rounding (separate gemm and syrk calls differ in the last
     bits for some widths, e.g. 17, and full whitening makes that 1e-6 rad)."""
-    st = __import__("featdyn.engine.stats").stats
+    st = __import__("featdyn.engine.stats").engine.stats
     rng = np.random.default_rng(c)
     x = np.maximum(rng.standard_normal((3000, c)), 0).astype(np.float32)
     one = pair_stats(x, x)

@@ -22,10 +22,14 @@ from featdyn.report.units import (
     rank_classes,
     rank_filters,
     resolve_layers,
-    with_defaults,
 )
 from featdyn.report.visualize import HeatmapRow
 from featdyn.spec import config as fdconfig
+
+
+def visualize_defaults(block: dict) -> dict:
+    """A ``visualize`` block with the schema's defaults filled in, as the workflow does."""
+    return fdconfig.with_defaults({"models": {}, "datasets": {}, "metrics": {}, "visualize": block})["visualize"]
 
 S = 32
 
@@ -224,7 +228,7 @@ def test_choose_units_table():
         calls.append(layer)
         return np.arange({"l0": 4, "l1": 6}[layer], dtype=float)
 
-    block = with_defaults({"patches": {"layers": [-1], "filters": 2, "classes": 2},
+    block = visualize_defaults({"patches": {"layers": [-1], "filters": 2, "classes": 2},
                            "heatmaps": {"layers": ["l0"], "filters": [1], "images": 2}})
     df = choose_units(block, model="m", dataset="d", layers=["l0", "l1"], channels={"l0": 4, "l1": 6},
                       names=["a", "b", "c"], labels=labels, index=np.arange(100, 109),
@@ -242,17 +246,18 @@ def test_visualize_block_checks_name_the_key():
     cfg = {"models": {"m": {"arch": "mobilenet_v2", "layers": ["features.1", "features.3"]}},
            "datasets": {"d": {"demo": "digits"}}, "training": {"epochs": 2},
            "metrics": {"p": {"kind": "procrustes"}, "pf": {"kind": "procrustes", "granularity": "filter"}}}
-    assert fdconfig.rank_metric(cfg) == "pf"
-    assert fdconfig.visual_epochs(cfg | {"visualize": {"epochs": [2]}}, "m", "d") == [0, 2]
+    filled = fdconfig.with_defaults
+    assert fdconfig.rank_metric(filled(cfg)) == "pf"
+    assert fdconfig.visual_epochs(filled(cfg | {"visualize": {"epochs": [2]}}), "m", "d") == [0, 2]
     for block, key in [({"rank_by": "p"}, "visualize.rank_by"),
                        ({"patches": {"layers": ["features.2"]}}, "visualize.patches.layers"),
                        ({"heatmaps": {"layers": [5]}}, "visualize.heatmaps.layers"),
                        ({"heatmaps": {"filters": {"features.1": [0]}}}, "visualize.heatmaps.filters"),
                        ({"epochs": [3]}, "visualize.epochs")]:
         with pytest.raises(FeatdynError, match=key.replace(".", r"\.")):
-            fdconfig.check_visualize(cfg | {"visualize": block})
-    fdconfig.check_visualize(cfg | {"visualize": {"rank_by": "stores", "patches": {"layers": ["features.3"]}}})
-    assert fdconfig.rank_metric(cfg | {"visualize": {"rank_by": "stores"}}) is None
+            fdconfig.check_visualize(filled(cfg | {"visualize": block}))
+    fdconfig.check_visualize(filled(cfg | {"visualize": {"rank_by": "stores", "patches": {"layers": ["features.3"]}}}))
+    assert fdconfig.rank_metric(filled(cfg | {"visualize": {"rank_by": "stores"}})) is None
     # a misspelt key of the block is refused by the schema, with the closest valid key
     from featdyn.spec.schema import check_keys
 
@@ -305,7 +310,7 @@ def test_units_patches_and_heatmaps_from_stores(tmp_path):
     m1[:, 2] = rng.random((10, 16, 16))
     cache, paths, images = make_run(tmp_path, {0: m0, 1: m1}, labels)
     stores = open_stores(paths)
-    block = with_defaults({"patches": {"layers": [0], "filters": 2, "classes": 1},
+    block = visualize_defaults({"patches": {"layers": [0], "filters": 2, "classes": 1},
                            "heatmaps": {"layers": [0], "filters": [1], "images": [7, 2]}})
     units = units_for_run(block, model="m", dataset="d", cache=cache, source=stores[0], last=stores[1],
                           last_epoch=1)

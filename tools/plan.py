@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "src"))
 from featdyn import FeatdynError  # noqa: E402
 from featdyn.nets.disk import DatasetSize, estimate, human, table  # noqa: E402
 from featdyn.spec import config as fdconfig  # noqa: E402
+from featdyn.spec import paths  # noqa: E402
 from featdyn.spec.fingerprints import image_files  # noqa: E402
 
 # The demo datasets as featdyn.data.demo_data writes them: 64 tiles from each of 3 photographs (512 px),
@@ -72,7 +73,7 @@ def dataset_sizes(config: dict, workdir: Path, images: dict, classes: dict) -> t
         if "demo" in spec:
             found = (DEMO_SIZES[spec["demo"]].images, DEMO_SIZES[spec["demo"]].classes)
         else:
-            found = counted(fdconfig.dataset_roots(name, spec, f"results/data/{name}"), workdir)
+            found = counted(fdconfig.dataset_roots(name, spec, paths.DATA.format(dataset=name)), workdir)
             if found is None:
                 missing.append(name)
         n_images = images.get(name, found[0] if found else None)
@@ -161,7 +162,7 @@ def main() -> None:
         jobs = jobs_per_rule(files, args.directory)
 
     print(f"Plan for {' + '.join(str(f) for f in args.configfile)}: {len(config['models'])} models x "
-          f"{len(sizes)} datasets, {config.get('image_size', 224)} px")
+          f"{len(sizes)} datasets, {config['image_size']} px")
     print("datasets: " + ", ".join(f"{n} {s.images:,} images / {s.classes} classes"
                                    + (" (given)" if n in missing else "") for n, s in sizes.items()))
     print(f"\nJobs per rule (snakemake -n --forceall):\n{jobs}\n")

@@ -4,7 +4,7 @@ The library is plain Python over arrays and paths; the Snakemake workflow in ``w
 thin glue around it. Nothing in here imports Snakemake.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 class FeatdynError(Exception):

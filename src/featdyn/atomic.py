@@ -98,3 +98,10 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically write a text file."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(df, path: str | os.PathLike) -> None:
+    """Write a pandas DataFrame to ``path`` as CSV without its index, atomically (pandas is not
+    imported here: this module is used by jobs that never need it)."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)

@@ -9,9 +9,9 @@ from snakemake.logging import logger
 
 from featdyn import FeatdynError
 from featdyn.spec import config as fdconfig
-from featdyn.spec import fingerprints
+from featdyn.spec import fingerprints, paths
 from featdyn.engine.bootstrap import BootstrapSpec
-from featdyn.spec.hyperparams import epoch_params, fresh_optimizer
+from featdyn.spec.hyperparams import epoch_params, fresh_optimizer, training_config
 from featdyn.spec.recipes import reads_reference
 
 if workflow.is_main_process:
@@ -27,8 +27,6 @@ if workflow.is_main_process:
         fdconfig.check(config)
     except FeatdynError as exc:
         raise WorkflowError(str(exc)) from None
-
-config = fdconfig.with_defaults(config)
 
 MODELS = list(config["models"])
 DATASETS = list(config["datasets"])
@@ -51,20 +49,23 @@ def retry_mem(mb):
 
 def retained(output, what):
     """An output that `retention.<what>: drop` marks temp(): deleted once every job reading it has run."""
-    return temp(output) if config.get("retention", {}).get(what, "keep") == "drop" else output
+    return temp(output) if config["retention"][what] == "drop" else output
 
 
 def data_dir(dataset):
-    return f"results/data/{dataset}"
+    return paths.DATA.format(dataset=dataset)
 
 
 def data_files(dataset):
-    d = data_dir(dataset)
-    return {"manifest": f"{d}/manifest.csv", "cache": f"{d}/cache.npy", "summary": f"{d}/dataset.json"}
+    return {
+        "manifest": paths.MANIFEST.format(dataset=dataset),
+        "cache": paths.CACHE.format(dataset=dataset),
+        "summary": paths.DATASET_SUMMARY.format(dataset=dataset),
+    }
 
 
 def training_params(wildcards):
-    return fdconfig.training_config(config, wildcards.model, wildcards.dataset)
+    return training_config(config, wildcards.model, wildcards.dataset)
 
 
 def epoch_training(wildcards):
@@ -74,7 +75,7 @@ def epoch_training(wildcards):
 
 
 def final_epoch(model, dataset):
-    return fdconfig.training_config(config, model, dataset)["epochs"]
+    return training_config(config, model, dataset)["epochs"]
 
 
 def analysed_epochs(model, dataset):
@@ -82,19 +83,19 @@ def analysed_epochs(model, dataset):
 
 
 def checkpoint_file(model, dataset, epoch):
-    return f"results/checkpoints/{model}/{dataset}/epoch_{epoch}.pt"
+    return paths.CHECKPOINT.format(model=model, dataset=dataset, epoch=epoch)
 
 
 def resume_file(model, dataset, epoch):
     """The optimizer state of an epoch (featdyn.nets.training.resume_path): temp(), read by the next epoch only."""
-    return f"results/checkpoints/{model}/{dataset}/epoch_{epoch}.resume.pt"
+    return paths.RESUME_STATE.format(model=model, dataset=dataset, epoch=epoch)
 
 
 def kept_resume_states():
     """The last epoch's resume state of every run, requested by the default target so that it is
     kept: raising training.epochs then continues from it. Not requested where the last checkpoint
     exists without it (dropped by retention.final_state, or deleted), which would retrain the chain."""
-    if config.get("retention", {}).get("final_state", "keep") == "drop":
+    if config["retention"]["final_state"] == "drop":
         return []
     wanted = []
     for m, d in RUNS:
@@ -105,7 +106,7 @@ def kept_resume_states():
 
 
 def store_dir(model, dataset, epoch):
-    return f"results/activations/{model}/{dataset}/epoch_{epoch}.zarr"
+    return paths.STORE.format(model=model, dataset=dataset, epoch=epoch)
 
 
 def metric_block(wildcards):
@@ -141,14 +142,14 @@ def prepare_inputs(wildcards):
 
 
 def model_width(wildcards):
-    return config["models"][wildcards.model].get("width", 1.0)
+    return config["models"][wildcards.model]["width"]
 
 
 def finetune_inputs(wildcards):
     inputs = data_files(wildcards.dataset)
     epoch = int(wildcards.epoch)
     if epoch == 0:
-        inputs["weights"] = f"results/weights/{wildcards.model}.pt"
+        inputs["weights"] = paths.WEIGHTS.format(model=wildcards.model)
     else:
         inputs["previous"] = checkpoint_file(wildcards.model, wildcards.dataset, epoch - 1)
     training = training_params(wildcards)
@@ -157,7 +158,7 @@ def finetune_inputs(wildcards):
         inputs["previous_state"] = resume_file(wildcards.model, wildcards.dataset, epoch - 1)
     if reads_reference(training, epoch):  # lr_from: the reference run's score file (featdyn.spec.recipes)
         ref = training["lr_from"]
-        inputs["reference"] = f"results/scores/{ref['metric']}/{ref['model']}/{wildcards.dataset}.csv"
+        inputs["reference"] = paths.SCORES.format(metric=ref["metric"], model=ref["model"], dataset=wildcards.dataset)
     return inputs
 
 
@@ -165,7 +166,7 @@ FILTER_METRICS = [m for m in METRICS if fdconfig.metric_params(config, m)["granu
 
 
 def filter_table(metric, model, dataset, epoch):
-    return f"results/filters/{metric}/{model}/{dataset}/epoch_{epoch}.csv"
+    return paths.FILTER_TABLE.format(metric=metric, model=model, dataset=dataset, epoch=epoch)
 
 
 def score_inputs(wildcards):
@@ -177,34 +178,38 @@ def score_inputs(wildcards):
             "groups": [filter_groups(wildcards.metric, m, d, e) for e in epochs],
         }
     return {
-        "source": f"results/stats/{m}/{d}/source.npz",
-        "epochs": [f"results/stats/{m}/{d}/epoch_{e}.npz" for e in epochs],
+        "source": paths.SOURCE_STATS.format(model=m, dataset=d),
+        "epochs": [epoch_stats(m, d, e) for e in epochs],
         "source_groups": stats_groups(m, d, "source"),
         "groups": [stats_groups(m, d, f"epoch_{e}") for e in epochs],
     }
 
 
-ALL_SCORES = [f"results/scores/{s}/{m}/{d}.csv" for s in METRICS for m, d in RUNS]
+ALL_SCORES = [paths.SCORES.format(metric=s, model=m, dataset=d) for s in METRICS for m, d in RUNS]
 
 # Bootstrap over the probe images (featdyn.engine.bootstrap): the statistics jobs keep per-image-group
 # statistics (their only parameter is the number of groups, 0 when intervals are off), and the
 # score jobs resample them, so the resamples, level and seed rerun only score jobs.
 try:
-    BOOTSTRAP = BootstrapSpec.from_config(config.get("bootstrap"))
+    BOOTSTRAP = BootstrapSpec.from_config(config["bootstrap"])
 except (FeatdynError, TypeError) as exc:
     raise WorkflowError(f"bootstrap: {exc}") from None
 
 
+def epoch_stats(model, dataset, epoch):
+    return paths.EPOCH_STATS.format(model=model, dataset=dataset, epoch=epoch)
+
+
 def stats_groups(model, dataset, name):
-    return f"results/stats/{model}/{dataset}/groups/{name}.npz"
+    return paths.STATS_GROUPS.format(model=model, dataset=dataset, name=name)
 
 
 def filter_groups(metric, model, dataset, epoch):
-    return f"results/filters/{metric}/{model}/{dataset}/groups/epoch_{epoch}.npz"
+    return paths.FILTER_GROUPS.format(metric=metric, model=model, dataset=dataset, epoch=epoch)
 
 
 def replicates_file(metric, model, dataset):
-    return f"results/bootstrap/{metric}/{model}/{dataset}.npz"
+    return paths.BOOTSTRAP_REPLICATES.format(metric=metric, model=model, dataset=dataset)
 
 
 REPLICATE_KEYS = [[s, m, d] for s in METRICS for m, d in RUNS]
@@ -225,21 +230,21 @@ def kept_intermediates():
     files = {}
     for m, d in RUNS:
         for e in range(final_epoch(m, d) + 1):
-            files[f"results/checkpoints/{m}/{d}/epoch_{e}.json"] = "finetune_epoch"
+            files[paths.EPOCH_METRICS.format(model=m, dataset=d, epoch=e)] = "finetune_epoch"
         for e in analysed_epochs(m, d):
-            if config.get("retention", {}).get("activations", "keep") == "keep":  # dropped ones are meant to go
+            if config["retention"]["activations"] == "keep":  # dropped ones are meant to go
                 files[store_dir(m, d, e)] = "extract"
             for s in FILTER_METRICS:
                 files[filter_table(s, m, d, e)] = "filter_scores"
                 files[filter_groups(s, m, d, e)] = "filter_scores"
             if len(FILTER_METRICS) < len(METRICS):
-                files[f"results/stats/{m}/{d}/epoch_{e}.npz"] = "layer_stats"
+                files[epoch_stats(m, d, e)] = "layer_stats"
                 files[stats_groups(m, d, f"epoch_{e}")] = "layer_stats"
     return files
 
 
 def warn_missing_intermediates():
-    if not workflow.is_main_process or not os.path.exists("results/tables/table2_reusability.csv"):
+    if not workflow.is_main_process or not os.path.exists(paths.TABLE.format(name="table2_reusability", ext="csv")):
         return
     missing = {path: rule for path, rule in kept_intermediates().items() if not os.path.exists(path)}
     if missing:
@@ -265,7 +270,7 @@ def visual_epochs(model, dataset):
 
 
 def units_table(model, dataset):
-    return f"results/figures/units_{model}_{dataset}.csv"
+    return paths.UNITS.format(model=model, dataset=dataset)
 
 
 def visualize_inputs(wildcards):
@@ -282,7 +287,7 @@ def visualize_inputs(wildcards):
 
 
 VISUAL_FIGURES = [
-    f"results/figures/{kind}_{m}_{d}.{ext}"
+    paths.VISUAL_FIGURE.format(kind=kind, model=m, dataset=d, ext=ext)
     for kind in ("patches", "heatmaps")
     for m, d in RUNS
     for ext in ("png", "pdf")
@@ -294,6 +299,8 @@ from featdyn.spec.recipe_names import recipe_groups, recipe_label
 
 RECIPE_GROUPS = recipe_groups(config["models"])
 RECIPE_MODELS = [m for group in RECIPE_GROUPS.values() for m in group]
-RECIPE_LABELS = {m: {d: recipe_label(fdconfig.training_config(config, m, d)) for d in DATASETS} for m in RECIPE_MODELS}
+RECIPE_LABELS = {m: {d: recipe_label(training_config(config, m, d)) for d in DATASETS} for m in RECIPE_MODELS}
 RECIPE_KEYS = [[s, m, d] for s in METRICS for m in RECIPE_MODELS for d in DATASETS]
-RECIPE_OUTPUTS = ["results/tables/recipes.csv", "results/figures/recipes.png"] if RECIPE_GROUPS else []
+RECIPE_OUTPUTS = (
+    [paths.TABLE.format(name="recipes", ext="csv"), paths.RECIPE_FIGURE.format(ext="png")] if RECIPE_GROUPS else []
+)

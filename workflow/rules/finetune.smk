@@ -17,7 +17,7 @@ rule fetch_weights:
         "../../envs/featdyn.yaml"
     params:
         arch=lambda w: config["models"][w.model]["arch"],
-        weights=lambda w: config["models"][w.model].get("weights", "IMAGENET1K_V1"),
+        weights=lambda w: config["models"][w.model]["weights"],
         width=model_width,
         seed=config["seed"],
         code=script_code("fetch_weights.py"),

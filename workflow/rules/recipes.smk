@@ -6,7 +6,7 @@
 rule recipes:
     input:
         accuracy="results/tables/table1_accuracy.csv",
-        scores=[f"results/scores/{s}/{m}/{d}.csv" for s, m, d in RECIPE_KEYS],
+        scores=[paths.SCORES.format(metric=s, model=m, dataset=d) for s, m, d in RECIPE_KEYS],
         replicates=[replicates_file(s, m, d) for s, m, d in RECIPE_KEYS],
     output:
         csv="results/tables/recipes.csv",

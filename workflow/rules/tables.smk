@@ -5,7 +5,7 @@
 
 rule table1:
     input:
-        [f"results/checkpoints/{m}/{d}/epoch_{e}.json" for m, d in RUNS for e in range(final_epoch(m, d) + 1)],
+        [paths.EPOCH_METRICS.format(model=m, dataset=d, epoch=e) for m, d in RUNS for e in range(final_epoch(m, d) + 1)],
     output:
         csv="results/tables/table1_accuracy.csv",
         md="results/tables/table1_accuracy.md",

@@ -1,9 +1,9 @@
+from featdyn.atomic import write_csv
 from featdyn.data.stores import expected_attrs
 from featdyn.engine.bootstrap import save_filter_groups
 from featdyn.engine.linalg import pick_device
 from featdyn.engine.similarity import filter_scores_from_stores
 from featdyn.progress import job_setup
-from featdyn.report.tables import write_csv
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="filter_scores")
 w, i, p = snakemake.wildcards, snakemake.input, snakemake.params

@@ -8,8 +8,7 @@ from featdyn.engine.linalg import pick_device
 from featdyn.nets.recipes import reference_distances
 from featdyn.nets.training import run_epoch
 from featdyn.progress import job_setup
-from featdyn.spec.config import training_config
-from featdyn.spec.hyperparams import TrainConfig, epoch_params
+from featdyn.spec.hyperparams import TrainConfig, epoch_params, training_config
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="finetune_epoch")
 w, p = snakemake.wildcards, snakemake.params

@@ -1,10 +1,10 @@
 import pandas as pd
 
-from featdyn.atomic import write_text
+from featdyn.atomic import write_csv, write_text
 from featdyn.engine.bootstrap import Replicates
 from featdyn.progress import job_setup
 from featdyn.report.correlation import metric_correlation
-from featdyn.report.tables import frame_table, html_page, to_html, to_markdown, write_csv
+from featdyn.report.tables import frame_table, html_page, to_html, to_markdown
 
 log = job_setup(snakemake.log[0], name="metric_correlation")
 out = snakemake.output

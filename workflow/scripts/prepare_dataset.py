@@ -5,8 +5,8 @@ from featdyn.progress import job_setup
 
 log = job_setup(snakemake.log[0], name="prepare_dataset")
 p = snakemake.params
-spec = SplitSpec(test_fraction=p.split.get("test_fraction", 0.2), split_seed=p.split.get("seed", 0),
-                 probe_per_class=p.probe.get("per_class", 8), probe_seed=p.probe.get("seed", 0),
+spec = SplitSpec(test_fraction=p.split["test_fraction"], split_seed=p.split["seed"],
+                 probe_per_class=p.probe["per_class"], probe_seed=p.probe["seed"],
                  n_classes=p.classes, class_seed=p.class_seed)
 roots = p.roots
 prepare(roots.get("root") or roots["train"], Path(snakemake.output.manifest).parent, p.image_size, spec,

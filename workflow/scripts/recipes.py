@@ -3,7 +3,8 @@ import pandas as pd
 from featdyn.atomic import write_text
 from featdyn.engine.bootstrap import BootstrapSpec, Replicates
 from featdyn.progress import job_setup
-from featdyn.report.recipes import recipe_caption, recipe_figure, recipe_layout, recipe_table
+from featdyn.report.recipe_figure import recipe_figure
+from featdyn.report.recipes import recipe_caption, recipe_layout, recipe_table
 from featdyn.report.tables import html_page, to_html, to_markdown, write_csv
 
 log = job_setup(snakemake.log[0], name="recipes")

@@ -1,8 +1,8 @@
+from featdyn.atomic import write_csv
 from featdyn.engine.bootstrap import BootstrapSpec
 from featdyn.engine.linalg import resolve_device
 from featdyn.engine.similarity import score_filters_with_replicates, score_layers_with_replicates
 from featdyn.progress import job_setup
-from featdyn.report.tables import write_csv
 
 log = job_setup(snakemake.log[0], snakemake.threads, name="score")
 w, p = snakemake.wildcards, snakemake.params

@@ -1,16 +1,6 @@
-from featdyn.atomic import write_text
+from featdyn.atomic import write_csv, write_text
 from featdyn.progress import job_setup
-from featdyn.report.tables import (
-                            html_page,
-                            read_epoch_rows,
-                            table1,
-                            table1_best,
-                            table1_caption,
-                            to_html,
-                            to_latex,
-                            to_markdown,
-                            write_csv,
-)
+from featdyn.report.tables import html_page, read_epoch_rows, table1, table1_best, table1_caption, to_html, to_latex, to_markdown
 
 log = job_setup(snakemake.log[0], name="table1")
 p, out = snakemake.params, snakemake.output

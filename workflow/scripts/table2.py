@@ -1,6 +1,6 @@
 import pandas as pd
 
-from featdyn.atomic import write_text
+from featdyn.atomic import write_csv, write_text
 from featdyn.engine.bootstrap import BootstrapSpec, Replicates
 from featdyn.progress import job_setup
 from featdyn.report.tables import (
@@ -15,7 +15,6 @@ from featdyn.report.tables import (
     to_html,
     to_latex,
     to_markdown,
-    write_csv,
 )
 
 log = job_setup(snakemake.log[0], name="table2")

@@ -1,11 +1,11 @@
 from pathlib import Path
 
+from featdyn.atomic import write_csv
 from featdyn.data.datasets import ImageCache
 from featdyn.data.stores import expected_attrs, open_store
 from featdyn.nets.receptive_field import describe
 from featdyn.progress import job_setup
 from featdyn.report.figures import dataset_colour, heatmap_grid, patch_grid, save_figure
-from featdyn.report.tables import write_csv
 from featdyn.report.visualize import fields_for, heatmap_rows, open_stores, patch_rows, units_for_run
 
 log = job_setup(snakemake.log[0], name="visualize")

@@ -34,14 +34,15 @@ BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
 # The products of a block, on a CPU: one BLAS syrk of the stacked block [X | Y] (numpy sends
 # Z^T Z to syrk) gives X^T X, X^T Y and Y^T Y for the price of the products the statistics need,
 # X^T Y and half of each symmetric Gram (measured: 2.00 general products), and computes every
-# entry with the same arithmetic: a representation against itself gives X^T Y == X^T X bit for
-# bit, also against a side accumulated alone (syrk of X), so that the source model at epoch 0 is at
-# distance 0 to the last digit (separate gemm and syrk calls differed in the last bits for some
-# widths, which full whitening turns into 1e-6 rad). The rows go in parts of TASK_ROWS to all the
-# torch threads, each part on one core (a block of one part: BLAS on all of them), and the parts
-# are summed in order: the statistics do not depend on the thread count. Larger parts measured
-# faster than 2048 rows (fewer 2C x 2C results to add). On a GPU (and without threadpoolctl):
-# three torch matmuls.
+# entry with the same arithmetic on some BLAS kernels only (Zen: yes; SkylakeX: the diagonal and
+# off-diagonal blocks differ in the last bit). A representation against itself must give
+# X^T Y == X^T X bit for bit, also against a side accumulated alone (syrk of X), so that the source
+# model at epoch 0 is at distance 0 to the last digit (full whitening turns last bits into 1e-6
+# rad): a block whose Y equals X bit for bit takes all three from the syrk of X alone. The rows go
+# in parts of TASK_ROWS to all the torch threads, each part on one core with one BLAS thread (also
+# a block of one part), and the parts are summed in order: the statistics do not depend on the
+# thread count. Larger parts measured faster than 2048 rows (fewer 2C x 2C results to add). On a
+# GPU (and without threadpoolctl): three torch matmuls.
 TASK_ROWS = 4096
 
 
@@ -190,19 +191,32 @@ class Accumulator:
         self.n += xb.shape[0]
 
     def _products_cpu(self, xb: torch.Tensor, yb: torch.Tensor | None, stacked: torch.Tensor | None) -> None:
-        """One syrk of [X | Y] (of X alone without Y) in row parts on all threads, summed in order."""
-        z = stacked if stacked is not None else xb
+        """One syrk of [X | Y] (of X alone without Y) in row parts on all threads, summed in order.
+
+        Where Y's block equals X's bit for bit (a layer against itself: the source model at epoch
+        0), the syrk of X alone serves as X^T X, X^T Y and Y^T Y: the same call, in the same parts,
+        as a side accumulated alone. The blocks of one syrk of [X | X] need not agree in the last
+        bit (OpenBLAS's SkylakeX kernels compute the diagonal and the off-diagonal blocks of a
+        syrk differently), and full whitening turns such bits into 1e-6 rad."""
+        same = yb is not None and torch.equal(xb, yb)
+        z = xb if same else stacked if stacked is not None else xb
         parts = [z[lo:lo + TASK_ROWS] for lo in range(0, z.shape[0], TASK_ROWS)]
         workers = cpu_workers()
-        with blas_threads(1 if len(parts) > 1 else workers):  # OpenBLAS's threads keep every entry's bits
+        # One BLAS thread a part, even for a block of one part: OpenBLAS's own threads split a syrk
+        # by the thread count, and its SkylakeX kernels then round some entries differently (the
+        # statistics would depend on the job's threads).
+        with blas_threads(1):
             done = parallel_map(_syrk, parts, workers)
         g = done[0]
         for part in done[1:]:
             g += part
         c = xb.shape[1]
-        targets = [(self.xx, g)] if yb is None else [(self.yy, g[c:, c:]), (self.xy, g[:c, c:])]
-        if yb is not None and self.x_gram:
-            targets.append((self.xx, g[:c, :c]))
+        if yb is None:
+            targets = [(self.xx, g)]
+        elif same:
+            targets = [(self.yy, g), (self.xy, g)] + ([(self.xx, g)] if self.x_gram else [])
+        else:
+            targets = [(self.yy, g[c:, c:]), (self.xy, g[:c, c:])] + ([(self.xx, g[:c, :c])] if self.x_gram else [])
         for acc, block in targets:
             np.add(acc.numpy(), block, out=acc.numpy())
 

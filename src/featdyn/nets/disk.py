@@ -75,28 +75,28 @@ def optimizer_values(training: Mapping) -> int:
     """float32 values the optimizer keeps per parameter: Adam's two moments, SGD's momentum."""
     if training["optimizer"] == "adam":
         return 2
-    return 1 if training.get("momentum", 0.9) else 0
+    return 1 if training["momentum"] else 0
 
 
 def estimate(config: Mapping, sizes: Mapping[str, DatasetSize]) -> list[Stage]:
     """Bytes per stage for ``config`` (the workflow's config, defaults filled in by
     :func:`featdyn.spec.config.with_defaults`) and the datasets' ``sizes``."""
-    from featdyn.spec.config import analysed_epochs, layers_of, training_config
+    from featdyn.spec.config import analysed_epochs, layers_of
+    from featdyn.spec.hyperparams import training_config
 
-    s = int(config.get("image_size", 224))
-    retention = config.get("retention") or {}
-    extraction = config.get("extraction") or {}
-    itemsize = ITEMSIZE[extraction.get("dtype", "float32")]
-    per_class = (config.get("probe") or {}).get("per_class", 8)
-    test_fraction = (config.get("split") or {}).get("test_fraction", 0.2)
-    filter_metrics = [m for m, b in config["metrics"].items() if b.get("granularity", "layer") == "filter"]
+    s = int(config["image_size"])
+    retention, extraction = config["retention"], config["extraction"]
+    itemsize = ITEMSIZE[extraction["dtype"]]
+    per_class = config["probe"]["per_class"]
+    test_fraction = config["split"]["test_fraction"]
+    filter_metrics = [m for m, b in config["metrics"].items() if b["granularity"] == "filter"]
 
     caches = sum(size.images * (s * s * 3 + 120) for size in sizes.values())
     known: dict[tuple, ModelSize] = {}
 
     def sized(mname: str, classes: int) -> ModelSize:
         spec = config["models"][mname]
-        key = (spec["arch"], spec.get("width", 1.0), classes, tuple(layers_of(config, mname)))
+        key = (spec["arch"], spec["width"], classes, tuple(layers_of(config, mname)))
         if key not in known:
             known[key] = model_size(key[0], key[1], classes, list(key[3]), s)
         return known[key]
@@ -111,13 +111,13 @@ def estimate(config: Mapping, sizes: Mapping[str, DatasetSize]) -> list[Stage]:
             epochs = analysed_epochs(config, mname, dname)
             state = m.params * 4 * optimizer_values(training)
             ckpts += (training["epochs"] + 1) * (m.weights + 2_000)
-            kept_state = state if retention.get("final_state", "keep") == "keep" else 0
+            kept_state = state if retention["final_state"] == "keep" else 0
             states += kept_state
             states_peak += max(kept_state, 2 * state)  # epoch e's state lives until e + 1 is saved
-            ratio = ZSTD_RATIO.get(arch, ZSTD_DEFAULT) if extraction.get("codec", "zstd") == "zstd" else 1.0
+            ratio = ZSTD_RATIO.get(arch, ZSTD_DEFAULT) if extraction["codec"] == "zstd" else 1.0
             per_store = probe_images(size, per_class, test_fraction) * sum(
                 c * h * w for c, h, w in m.layers.values()) * itemsize / ratio
-            kept_stores = per_store * len(epochs) if retention.get("activations", "keep") == "keep" else 0
+            kept_stores = per_store * len(epochs) if retention["activations"] == "keep" else 0
             stores += kept_stores
             # dropped stores: the source store and one in flight per chain (more if extraction runs ahead)
             stores_peak += max(kept_stores, 2 * per_store)
@@ -136,10 +136,10 @@ def estimate(config: Mapping, sizes: Mapping[str, DatasetSize]) -> list[Stage]:
         stage("source weights", "fetch_weights", source),
         stage("checkpoints (weights of every epoch)", "finetune_epoch", ckpts),
         stage("resume states (optimizer)", "finetune_epoch", states, states_peak,
-              "the last epoch's kept" if retention.get("final_state", "keep") == "keep" else "none kept"),
+              "the last epoch's kept" if retention["final_state"] == "keep" else "none kept"),
         stage("activation stores", "extract", stores, stores_peak,
-              f"{extraction.get('dtype', 'float32')}, {extraction.get('codec', 'zstd')}"
-              + ("" if retention.get("activations", "keep") == "keep" else "; dropped once read")),
+              f"{extraction['dtype']}, {extraction['codec']}"
+              + ("" if retention["activations"] == "keep" else "; dropped once read")),
         stage("statistics (float64)", "source_stats, layer_stats", stats),
         stage("per-filter tables", "filter_scores", filters),
         stage("scores, tables, figures", "score, table*, similarity_curves", scores),

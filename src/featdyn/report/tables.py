@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 from featdyn import FeatdynError
-from featdyn.atomic import atomic_path
 from featdyn.engine.bootstrap import Replicates, bias_free_mean
 
 TABLE2_COLUMNS = ["model", "dataset", "metric", "mean", "std", "ci_low", "ci_high", "bias", "epochs", "epoch_list",
@@ -41,11 +40,6 @@ READINGS = {
     "filter": "filter reading (the authors' code): each filter's H x W map per image, averaged over the images "
               "of a class, then over the classes and the filters",
 }
-
-
-def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
 
 
 def read_epoch_rows(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:

@@ -9,41 +9,23 @@ runs with a message naming the key.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict
 from pathlib import Path
 
 from featdyn import FeatdynError
-from featdyn.spec.hyperparams import TrainConfig, lr_from_block
+from featdyn.spec.hyperparams import training_config
 from featdyn.spec.metric_kinds import FILTER_KINDS, check_params
+from featdyn.spec.schema import fill_defaults, load_schema, schema_path
+
+# The repository holding this library (src/featdyn/spec/config.py): its workflow's schema
+REPO = Path(__file__).resolve().parents[3]
 
 DATASET_SOURCES = ("demo", "path", "train", "test", "url")
-
-
-def training_config(config: dict, model: str, dataset: str) -> dict:
-    """The training block for one run: defaults < global ``training`` < model's < dataset's."""
-    cfg = asdict(TrainConfig()) | {"seed": config.get("seed", 0)}
-    cfg.pop("extra")
-    for block in (config.get("training") or {}, config["models"][model].get("training") or {},
-                  config["datasets"][dataset].get("training") or {}):
-        cfg |= block
-    if cfg.get("lr_from"):
-        cfg["lr_from"] = lr_from_block(cfg["lr_from"])
-        if cfg["lr_from"]["metric"] is None:
-            cfg["lr_from"]["metric"] = default_lr_from_metric(config)
-    return cfg
-
-
-def default_lr_from_metric(config: dict) -> str | None:
-    """lr_from's default metric: the first layer-granularity metric of the config (else the first)."""
-    metrics = list(config.get("metrics") or {})
-    layer = [m for m in metrics if (config["metrics"][m] or {}).get("granularity", "layer") == "layer"]
-    return (layer or metrics or [None])[0]
 
 
 def analysed_epochs(config: dict, model: str, dataset: str) -> list[int]:
     """Epochs whose activations are captured and compared: 0 (the source) and the analysed ones."""
     t = training_config(config, model, dataset)["epochs"]
-    wanted = (config.get("analysis") or {}).get("epochs", "all")
+    wanted = config["analysis"]["epochs"]
     if wanted == "all":
         return list(range(t + 1))
     return [0] + sorted({e for e in wanted if e <= t})
@@ -98,7 +80,7 @@ def layers_of(config: dict, model: str) -> list[str]:
     from featdyn.spec.layer_presets import preset
 
     spec = config["models"][model]
-    layers = spec.get("layers", "preset")
+    layers = spec["layers"]
     return preset(spec["arch"]) if layers == "preset" else list(layers)
 
 
@@ -118,6 +100,7 @@ def metric_params(config: dict, metric: str) -> dict:
 
 def check(config: dict, base: str | Path = ".") -> None:
     """Raise FeatdynError naming every problem found in ``config`` (paths relative to ``base``)."""
+    config = with_defaults(config)
     from featdyn.data.datasets import check_training_tree, check_tree
     from featdyn.nets.layers import layer_shapes
     from featdyn.nets.models import check_arch, check_width, is_weights_file, resolve_weights
@@ -138,8 +121,7 @@ def check(config: dict, base: str | Path = ".") -> None:
                 check_arch(spec["arch"])
             except FeatdynError as exc:
                 raise FeatdynError(f"models.{name}.arch: {exc}") from None
-            weights = spec.get("weights", "IMAGENET1K_V1")
-            width = spec.get("width", 1.0)
+            weights, width = spec["weights"], spec["width"]
             try:
                 check_width(spec["arch"], width)
             except FeatdynError as exc:
@@ -155,14 +137,14 @@ def check(config: dict, base: str | Path = ".") -> None:
                     resolve_weights(spec["arch"], weights)
                 except FeatdynError as exc:
                     raise FeatdynError(f"models.{name}.weights: {exc}") from None
-            if spec.get("layers", "preset") == "preset" and spec["arch"] not in PRESETS:
+            if spec["layers"] == "preset" and spec["arch"] not in PRESETS:
                 raise FeatdynError(f"models.{name}.layers: no preset for {spec['arch']!r} "
                                    f"(presets: {sorted(PRESETS)}); give a list of module paths")
             # A forward pass on the meta device (no weights; up to a second for a DenseNet) finds
             # unknown paths and modules called several times without @k before any job runs; once
             # per distinct (arch, layers): a grid of many models of a few architectures pays it once.
             try:
-                key = (spec["arch"], tuple(layers_of(config, name)), int(config.get("image_size", 224)))
+                key = (spec["arch"], tuple(layers_of(config, name)), int(config["image_size"]))
                 if key not in checked_layers:
                     layer_shapes(*key)
                     checked_layers.add(key)
@@ -196,7 +178,7 @@ def check(config: dict, base: str | Path = ".") -> None:
                 t = training_config(config, model, dataset)["epochs"]
             except KeyError:
                 continue
-            wanted = (config.get("analysis") or {}).get("epochs", "all")
+            wanted = config["analysis"]["epochs"]
             if wanted != "all" and max(wanted) > t:
                 problems.append(f"analysis.epochs: epoch {max(wanted)} is beyond training.epochs={t} "
                                 f"for {model} x {dataset}")
@@ -205,20 +187,17 @@ def check(config: dict, base: str | Path = ".") -> None:
 
 
 def with_defaults(config: dict) -> dict:
-    """A copy of ``config`` with the optional top-level blocks present."""
-    cfg = copy.deepcopy(config)
-    for key in ("split", "probe", "training", "extraction", "analysis"):
-        cfg.setdefault(key, {})
-    return cfg
+    """A copy of ``config`` with every default of the workflow's schema filled in
+    (:func:`featdyn.spec.schema.fill_defaults`): what the workflow does when it loads a config, for
+    the tools and tests that read one without it. Every function here reads a filled config."""
+    return fill_defaults(copy.deepcopy(config), load_schema(schema_path(REPO)))
 
 
 # ---- the qualitative figures (the ``visualize`` block) -------------------------------------------
 
 def visualize_block(config: dict) -> dict:
-    """The ``visualize`` block with its defaults (featdyn.spec.unit_defaults.DEFAULTS)."""
-    from featdyn.spec.unit_defaults import with_defaults
-
-    return with_defaults(config.get("visualize"))
+    """The ``visualize`` block (its defaults are the schema's, filled in with the config's)."""
+    return config["visualize"]
 
 
 def visual_epochs(config: dict, model: str, dataset: str) -> list[int]:

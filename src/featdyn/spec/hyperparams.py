@@ -12,7 +12,7 @@ epochs without retraining the earlier ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -120,3 +120,24 @@ def fresh_optimizer(training: dict, epoch: int) -> bool:
     LP-FT's probe phase. It then needs the previous epoch's weights only, not its resume state."""
     m = training.get("probe_epochs") or 0
     return epoch == 1 or (m > 0 and epoch == m + 1)
+
+
+def training_config(config: dict, model: str, dataset: str) -> dict:
+    """The training block for one run: defaults < global ``training`` < model's < dataset's."""
+    cfg = asdict(TrainConfig()) | {"seed": config.get("seed", 0)}
+    cfg.pop("extra")
+    for block in (config.get("training") or {}, config["models"][model].get("training") or {},
+                  config["datasets"][dataset].get("training") or {}):
+        cfg |= block
+    if cfg.get("lr_from"):
+        cfg["lr_from"] = lr_from_block(cfg["lr_from"])
+        if cfg["lr_from"]["metric"] is None:
+            cfg["lr_from"]["metric"] = default_lr_from_metric(config)
+    return cfg
+
+
+def default_lr_from_metric(config: dict) -> str | None:
+    """lr_from's default metric: the first layer-granularity metric of the config (else the first)."""
+    metrics = list(config.get("metrics") or {})
+    layer = [m for m in metrics if (config["metrics"][m] or {}).get("granularity", "layer") == "layer"]
+    return (layer or metrics or [None])[0]

@@ -21,7 +21,8 @@ def reads_reference(training: dict, epoch: int) -> bool:
 
 def check_recipes(config: dict) -> None:
     """Recipe options fit the models, metrics and epochs; lr_from references form no cycle."""
-    from featdyn.spec.config import analysed_epochs, metric_params, training_config
+    from featdyn.spec.config import analysed_epochs, metric_params
+    from featdyn.spec.hyperparams import training_config
 
     problems: list[str] = []
     models = config["models"]
@@ -89,7 +90,7 @@ def _check_paths(config: dict) -> list[str]:
     """Module-path prefixes of ``freeze`` and ``layer_lr`` exist in their model (meta device)."""
     from featdyn.nets.models import construct
     from featdyn.nets.recipes import check_prefixes
-    from featdyn.spec.config import training_config
+    from featdyn.spec.hyperparams import training_config
 
     problems = []
     built: dict[tuple, object] = {}

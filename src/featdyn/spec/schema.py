@@ -10,6 +10,7 @@ workflow start, before anything else is imported).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
@@ -81,3 +82,49 @@ def check_config_keys(config: Mapping, schema_path: str | os.PathLike) -> None:
         check_keys(config, schema_path)
     except FeatdynError as exc:
         raise SystemExit(f"Error: {exc}") from None
+
+
+SCHEMA_FILE = os.path.join("workflow", "schemas", "config.schema.yaml")
+
+
+def schema_path(repo: str | os.PathLike) -> str:
+    """The config schema of the workflow in the repository at ``repo``."""
+    return os.path.join(repo, SCHEMA_FILE)
+
+
+def _fill(instance, schema: Mapping, root: Mapping) -> None:
+    """Set every missing property that has a ``default`` in ``schema`` (a copy of it), then descend
+    into the object's properties, ``allOf`` parts and ``$ref``s. Maps of user-named entries
+    (models, datasets, metrics: ``additionalProperties`` schemas) get their entries' defaults too."""
+    if not isinstance(instance, dict):
+        return
+    if "$ref" in schema:
+        ref = schema["$ref"]
+        target = root
+        for part in ref.removeprefix("#/").split("/"):
+            target = target[part]
+        _fill(instance, target, root)
+    for part in schema.get("allOf", []):
+        _fill(instance, part, root)
+    for key, sub in (schema.get("properties") or {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill(instance[key], sub, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, Mapping):
+        for key, value in instance.items():
+            if key not in (schema.get("properties") or {}):
+                _fill(value, extra, root)
+
+
+def fill_defaults(config: dict, schema: Mapping) -> dict:
+    """``config`` with every default of ``schema`` filled in, in place (and returned).
+
+    The schema is the one home of the config's defaults: the workflow fills them once when it
+    loads the config (workflow/Snakefile), and so do the tools that read a config, so that no code
+    keeps a fallback of its own. Blocks that override another (``models.<m>.training``,
+    ``datasets.<d>.training``) declare no defaults: an override holds only what it changes.
+    """
+    _fill(config, schema, schema)
+    return config
