@@ -1,11 +1,11 @@
 import pandas as pd
 
-from featdyn.atomic import write_text
+from featdyn.atomic import write_csv, write_text
 from featdyn.engine.bootstrap import BootstrapSpec, Replicates
 from featdyn.progress import job_setup
 from featdyn.report.recipe_figure import recipe_figure
 from featdyn.report.recipes import recipe_caption, recipe_layout, recipe_table
-from featdyn.report.tables import html_page, to_html, to_markdown, write_csv
+from featdyn.report.tables import html_page, to_html, to_markdown
 
 log = job_setup(snakemake.log[0], name="recipes")
 p, inp, out = snakemake.params, snakemake.input, snakemake.output
