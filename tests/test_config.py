@@ -50,7 +50,9 @@ def test_analysed_epochs():
     ({"models__m__arch": "resnet5"}, "models.m.arch"),
     ({"models__m__weights": "IMAGENET9K"}, "models.m.weights"),
     ({"models__m__weights": "weights/missing.pth"}, "weights/missing.pth"),
-    ({"models__m__arch": "alexnet", "models__m__layers": "preset"}, "models.m.layers"),
+    # no rule decides the axes of MaxViT's partition attention (windows x tokens x channels)
+    ({"models__m__arch": "maxvit_t", "models__m__layers": ["blocks.0.layers.0.layers.window_attention.attn_layer"]},
+     "window_attention.attn_layer"),
     ({"models__m__layers": ["features.1", "features.99"]}, "models.m.layers"),
     ({"models__m__arch": "resnet18", "models__m__layers": ["layer1.0.relu"]}, "layer1.0.relu@2"),
     ({"datasets__d": {"path": "no/such/folder"}}, "no/such/folder"),

@@ -57,7 +57,7 @@ def test_filling_is_idempotent_and_leaves_given_values():
     assert once["models"]["m"]["training"] == {"lr": 0.5}, "an override block gets no defaults"
     assert once["training"]["epochs"] == 9 and once["training"]["lr"] == 1e-4
     assert once["visualize"]["patches"] == {"filters": 5, "layers": [-2, -1], "classes": 2}
-    assert once["metrics"]["p"] == {"kind": "pwsm", "granularity": "layer"}
+    assert once["metrics"]["p"] == {"kind": "pwsm", "granularity": "layer", "tokens": "patches"}
     assert "training" not in config["models"]["m"] or config["models"]["m"]["training"] == {"lr": 0.5}
     assert "weights" not in config["models"]["m"], "the caller's config is not changed"
 

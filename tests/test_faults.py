@@ -75,13 +75,15 @@ def test_a_garbled_chunk_is_refused_naming_the_file_with_both_codecs(tmp_path, c
         list(store.batches("layer1.2.relu@3"))
 
 
-def test_a_store_of_the_old_format_is_refused_with_the_command(tmp_path):
+@pytest.mark.parametrize("old", [1, 2])
+def test_a_store_of_the_old_format_is_refused_with_the_command(tmp_path, old):
+    """Format 1 had no checksums; format 2 stored channels-last maps as if channels-first."""
     path = tmp_path / "s.zarr"
     write_store(path)
     meta = json.loads((path / "zarr.json").read_text())
-    meta["attributes"]["format"] = 1
+    meta["attributes"]["format"] = old
     (path / "zarr.json").write_text(json.dumps(meta))
-    with pytest.raises(FeatdynError, match=r"store format 1, this featdyn reads format 2 .*--forcerun extract"):
+    with pytest.raises(FeatdynError, match=rf"store format {old}, this featdyn reads format 3 .*--forcerun extract"):
         open_store(path)
 
 

@@ -265,6 +265,8 @@ def test_resnet50_layer3_is_not_centred_where_the_naive_rule_puts_it():
     ("resnet50", ["layer1.2", "layer2.3"], 48, 0.125),       # residual additions, strided shortcuts
     ("densenet121", ["features.transition1.relu", "features.denseblock2.denselayer3.relu2"], 40, 0.25),
     ("mobilenet_v2", ["features.3", "features.6"], 40, 0.25),  # depthwise convs, linear bottlenecks
+    # through layout permutes, LayerNorm and Linear over the channels (a CNBlock runs channels-last)
+    ("convnext_tiny", ["features.1.0", "features.3.1"], 48, 0.125),
 ])
 def test_torchvision_models_against_brute_force(arch, layers, size, width):
     torch.manual_seed(0)

@@ -26,13 +26,13 @@ TRACKED = {
     "download_dataset": {"atomic", "data.download", "progress"},
     "extract": {
         "atomic", "data.datasets", "data.download", "data.prefetch", "data.stores", "engine.linalg", "finite",
-        "nets.batches", "nets.checkpoints", "nets.extraction", "nets.layers", "nets.models", "progress",
-        "spec.fingerprints", "spec.hyperparams"},
+        "nets.batches", "nets.checkpoints", "nets.extraction", "nets.layers", "nets.layouts", "nets.models", "progress",
+        "spec.fingerprints", "spec.hyperparams", "spec.layouts"},
     "fetch_weights": {"atomic", "data.download", "nets.models", "progress"},
     "filter_scores": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
         "engine.metrics", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
-        "spec.metric_kinds"},
+        "spec.layouts", "spec.metric_kinds"},
     "findings": {
         "atomic", "engine.bootstrap", "engine.filterwise", "engine.linalg", "engine.metrics", "engine.stats",
         "finite", "progress", "report.findings", "report.recipes", "report.tables", "spec.metric_kinds",
@@ -44,7 +44,7 @@ TRACKED = {
     "layer_stats": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
         "engine.metrics", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
-        "spec.metric_kinds"},
+        "spec.layouts", "spec.metric_kinds"},
     "materialise_demo": {"atomic", "data.demo_data", "progress"},
     "metric_correlation": {
         "atomic", "engine.bootstrap", "engine.filterwise", "engine.linalg", "engine.metrics", "engine.stats",
@@ -57,12 +57,12 @@ TRACKED = {
     "score": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
         "engine.metrics", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
-        "spec.metric_kinds"},
+        "spec.layouts", "spec.metric_kinds"},
     "similarity_curves": {"atomic", "progress", "report.figures"},
     "source_stats": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
         "engine.metrics", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
-        "spec.metric_kinds"},
+        "spec.layouts", "spec.metric_kinds"},
     "table1": {
         "atomic", "engine.bootstrap", "engine.filterwise", "engine.linalg", "engine.metrics", "engine.stats",
         "finite", "progress", "report.tables", "spec.metric_kinds"},
@@ -72,9 +72,9 @@ TRACKED = {
     "visualize": {
         "atomic", "data.datasets", "data.download", "data.prefetch", "data.stores", "engine.bootstrap",
         "engine.filterwise", "engine.linalg", "engine.metrics", "engine.similarity", "engine.stats", "finite",
-        "nets.layers", "nets.models", "nets.receptive_field", "progress", "report.figures", "report.heatmaps",
-        "report.patches", "report.units", "report.visualize", "spec.columns", "spec.fingerprints",
-        "spec.metric_kinds"},
+        "nets.layers", "nets.layouts", "nets.models", "nets.receptive_field", "nets.unit_fields", "progress",
+        "report.figures", "report.heatmaps", "report.patches", "report.units", "report.visualize", "spec.columns",
+        "spec.fingerprints", "spec.layouts", "spec.metric_kinds"},
 }
 
 

@@ -165,6 +165,9 @@ def main() -> None:
           f"{len(sizes)} datasets, {config['image_size']} px")
     print("datasets: " + ", ".join(f"{n} {s.images:,} images / {s.classes} classes"
                                    + (" (given)" if n in missing else "") for n, s in sizes.items()))
+    for name, spec in config["models"].items():  # `layers: auto` is resolved here, on the meta device
+        how = spec["layers"] if isinstance(spec["layers"], str) else "given"
+        print(f"layers of {name} ({spec['arch']}, {how}): {', '.join(fdconfig.layers_of(config, name))}")
     print(f"\nJobs per rule (snakemake -n --forceall):\n{jobs}\n")
     print("Disk per stage (estimate; kept: at the end of the run; peak: at most while it runs):\n")
     print(table(stages))

@@ -27,6 +27,15 @@ if workflow.is_main_process:
         fdconfig.check(config)
     except FeatdynError as exc:
         raise WorkflowError(str(exc)) from None
+    # `layers: auto` (what `preset`, the default, means without a paper preset): resolved by the check, said here
+    from featdyn.spec.layer_presets import PRESETS as _PRESETS
+
+    for _name, _spec in config["models"].items():
+        if _spec["layers"] == "auto" or (_spec["layers"] == "preset" and _spec["arch"] not in _PRESETS):
+            try:
+                logger.info(f"models.{_name}.layers (auto): {fdconfig.layers_of(config, _name)}")
+            except FeatdynError:
+                pass
 
 MODELS = list(config["models"])
 DATASETS = list(config["datasets"])

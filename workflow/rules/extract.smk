@@ -21,6 +21,7 @@ rule extract:
         gpu=1,
     params:
         layers=lambda w: fdconfig.layers_of(config, w.model),
+        layout=lambda w: config["models"][w.model].get("layout"),
         extraction=config["extraction"],
         code=script_code("extract.py"),
     script:

@@ -28,6 +28,7 @@ rule source_stats:
     params:
         layers=lambda w: fdconfig.layers_of(config, w.model),
         groups=BOOTSTRAP.stored_groups,
+        tokens=fdconfig.token_readings(config),
         code=script_code("source_stats.py"),
     script:
         "../scripts/source_stats.py"
@@ -58,6 +59,7 @@ rule layer_stats:
     params:
         layers=lambda w: fdconfig.layers_of(config, w.model),
         groups=BOOTSTRAP.stored_groups,
+        tokens=fdconfig.token_readings(config),
         code=script_code("layer_stats.py"),
     script:
         "../scripts/layer_stats.py"

@@ -10,4 +10,4 @@ ex = p.extraction
 device = pick_device(snakemake.config["device"])  # from the config, not a param: it reruns nothing
 extract(snakemake.input.checkpoint, cache, p.layers, snakemake.output[0], batch_size=ex["batch_size"],
         dtype=ex["dtype"], codec=ex["codec"], level=ex["level"], device=device,
-        attrs={"model": w.model, "dataset": w.dataset})
+        attrs={"model": w.model, "dataset": w.dataset}, layout=p.layout)

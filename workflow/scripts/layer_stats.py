@@ -14,7 +14,7 @@ expect = expected_attrs(i.summary, model=w.model, dataset=w.dataset, layers=snak
 pairs, groups = pair_group_stats_from_stores(i.source_store, i.store, source, device=device, expect=expect,
                                              source_attrs=expected_attrs(checkpoint=i.source_checkpoint),
                                              target_attrs=expected_attrs(checkpoint=i.checkpoint, epoch=int(w.epoch)),
-                                             source_groups=source_groups)
+                                             source_groups=source_groups, tokens=snakemake.params.tokens)
 save_pairs(snakemake.output[0], pairs)
 # the same statistics per image group, for the bootstrap of the score jobs
 save_group_pairs(snakemake.output.groups, groups)

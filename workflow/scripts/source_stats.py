@@ -9,7 +9,8 @@ w, i = snakemake.wildcards, snakemake.input
 # The store must be the one extracted from this run's epoch-0 checkpoint, with this run's layers and probe set.
 expect = expected_attrs(i.summary, i.checkpoint, model=w.model, dataset=w.dataset, layers=snakemake.params.layers)
 sides, groups = source_group_stats_from_store(i.store, device=pick_device(snakemake.config["device"]), expect=expect,
-                                              groups=snakemake.params.groups)
+                                              groups=snakemake.params.groups,
+                                              tokens=snakemake.params.tokens)
 save_sides(snakemake.output[0], sides)
 # the same statistics per image group, for the bootstrap of the score jobs
 save_group_sides(snakemake.output.groups, groups)

@@ -1,6 +1,10 @@
 """Zarr v3 activation stores: one group per (model, dataset, epoch), one array per layer.
 
-Each array is (n_probe, C, H, W), chunked along the first axis exactly like the extraction batch,
+Each layer is stored in one canonical layout (store format 3; featdyn.nets.layouts decides it from
+the model and the ``layouts`` attribute records it): maps channels-first (n_probe, C, H, W), whatever
+the model computed (Swin's stages are channels-last); a token layer (ViT) as its patch grid
+(n_probe, C, h, w) plus its prefix (class) tokens in the array ``<layer>__prefix`` (n_probe, C, k);
+a vector layer (n_probe, C). Each array is chunked along the first axis exactly like the extraction batch,
 so that every batch writes whole chunks (no read-modify-write) and a reader streams chunk by chunk.
 A batch of a large layer is split further along the channel axis (at most ``MAX_CHUNK_BYTES``
 per chunk): bounded chunk sizes for any reader, and several chunks that zarr compresses in parallel.
@@ -36,12 +40,15 @@ import zarr.codecs
 from featdyn import FeatdynError, __version__
 from featdyn.atomic import atomic_path, remove_stale_temporaries, stale_temporaries
 from featdyn.finite import describe_nonfinite
+from featdyn.spec.layouts import prefix_arrays
 
 log = logging.getLogger("featdyn.data.stores")
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 # 2: a crc32c checksum ends every chunk (format 1 stores had none and are refused).
-STORE_FORMAT = 2
+# 3: every layer in its canonical layout, recorded in the ``layouts`` attribute (featdyn.nets.layouts):
+#    format 2 stored channels-last (Swin) maps as if channels-first and could not hold token layers.
+STORE_FORMAT = 3
 DIMS = ("image", "channel", "y", "x")
 # Largest uncompressed chunk: big enough that per-chunk overheads vanish, small enough that a
 # reader's block and a compression job stay modest (VGG19's first layer is 411 MB per batch of 32).
@@ -111,6 +118,8 @@ class StoreWriter:
         if not layers:
             raise FeatdynError(f"activation store {path}: no layers to store")
         self.path, self.n, self.layers, self.chunk = Path(path), n, list(layers), max(1, min(chunk, n))
+        # the arrays written per batch: the layers, then the prefix tokens of token layers
+        self.names = self.layers + prefix_arrays(attrs.get("layouts") or {})
         self.dtype, self.compressors = np.dtype(dtype), _compressors(codec, level)
         self.max_chunk_bytes = max_chunk_bytes
         self.attrs = {"format": STORE_FORMAT, "featdyn_version": __version__, "layers": self.layers,
@@ -133,7 +142,7 @@ class StoreWriter:
             raise
         # The layers of a batch are written concurrently: zarr then overlaps their compression and
         # file writes (it encodes and writes on its own threads, which release the GIL).
-        self._pool = ThreadPoolExecutor(min(8, len(self.layers)), thread_name_prefix="zarr-write")
+        self._pool = ThreadPoolExecutor(min(8, len(self.names)), thread_name_prefix="zarr-write")
         return self
 
     def _create(self, layer: str, shape: tuple[int, ...]) -> zarr.Array:
@@ -143,7 +152,8 @@ class StoreWriter:
         # write_empty_chunks: every chunk is a file (no scan of each chunk for "all zero" first).
         arr = self.group.create_array(array_name(layer), shape=full, chunks=chunks, dtype=self.dtype,
                                       compressors=self.compressors, fill_value=0,
-                                      dimension_names=DIMS if len(full) == 4 else None,
+                                      dimension_names=DIMS if len(full) == 4 else
+                                      ("image", "channel", "token") if len(full) == 3 else None,
                                       config={"write_empty_chunks": True})
         arr.attrs.update({"layer": layer})
         return arr
@@ -153,11 +163,11 @@ class StoreWriter:
         stop = start + len(labels)
         if start < 0 or stop > self.n or len(index) != len(labels):
             raise FeatdynError(f"activation store {self.path}: rows [{start}, {stop}) do not fit n={self.n}")
-        missing = [layer for layer in self.layers if layer not in batch]
+        missing = [layer for layer in self.names if layer not in batch]
         if missing:
             raise FeatdynError(f"activation store {self.path}: the batch lacks layers {missing}")
         blocks = {}
-        for layer in self.layers:
+        for layer in self.names:
             values = np.asarray(batch[layer])
             if values.shape[0] != stop - start:
                 raise FeatdynError(f"layer {layer!r}: batch of {values.shape[0]} rows for {stop - start} labels")
@@ -169,7 +179,7 @@ class StoreWriter:
             check_activations(layer, values, self.dtype, f" (probe rows {start}-{stop - 1}, store {self.path})")
             blocks[layer] = values.astype(self.dtype, copy=False)
         list(self._pool.map(lambda layer: self.arrays[layer].__setitem__(slice(start, stop), blocks[layer]),
-                            self.layers))
+                            self.names))
         # n integers: kept in memory and written once at the end (one small file, not two per batch).
         self._labels[start:stop] = labels
         self._index[start:stop] = index
@@ -219,11 +229,14 @@ class ActivationStore:
                                f"(format {STORE_FORMAT})")
         if self.attrs["format"] != STORE_FORMAT:
             raise FeatdynError(f"activation store {self.path} has store format {self.attrs['format']}, this featdyn "
-                               f"reads format {STORE_FORMAT} (chunks with crc32c checksums): remove it "
+                               f"reads format {STORE_FORMAT} (every layer in its canonical layout, chunks "
+                               f"with crc32c checksums): remove it "
                                f"(rm -r {self.path}) and rerun, or rerun its job with --forcerun extract")
         try:
             self.layers: list[str] = list(self.attrs["layers"])
             self.n = int(self.attrs["n"])
+            self.layouts: dict[str, dict] = dict(self.attrs.get("layouts") or {})
+            self.parts: list[str] = self.layers + prefix_arrays(self.layouts)
         except (KeyError, TypeError, ValueError) as exc:
             raise FeatdynError(f"activation store {self.path}: bad or missing attribute {exc}") from exc
         for layer in self.layers:
@@ -252,7 +265,7 @@ class ActivationStore:
     def check_chunks(self) -> None:
         """Every chunk file that the arrays' chunk grids call for exists (zarr would read a missing
         one as zeros). One directory listing per array."""
-        for name in [array_name(layer) for layer in self.layers] + ["labels", "index"]:
+        for name in [array_name(layer) for layer in self.parts] + ["labels", "index"]:
             arr = self._node(name)
             folder = self.path / name
             present = {str(Path(dirpath, f).relative_to(folder)) for dirpath, _, files in os.walk(folder)
@@ -264,8 +277,12 @@ class ActivationStore:
                     raise FeatdynError(f"activation store {self.path}: chunk file {folder / key} of {what} is missing "
                                        f"(the store is damaged; {_RECOMPUTE.format(path=self.path)})")
 
+    def layout(self, layer: str) -> dict:
+        """The layer's layout record (featdyn.nets.layouts.decide): layout, prefix tokens, grid."""
+        return dict(self.layouts.get(layer) or {"layout": "NCHW", "prefix": 0})
+
     def array(self, layer: str) -> zarr.Array:
-        if layer not in self.layers:
+        if layer not in self.parts:
             raise FeatdynError(f"activation store {self.path} has no layer {layer!r}; it has {self.layers}")
         try:
             return self.group[array_name(layer)]

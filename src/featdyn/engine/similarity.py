@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from featdyn import FeatdynError
-from featdyn.data.stores import open_pair, open_store
+from featdyn.data.stores import ActivationStore, open_pair, open_store
 from featdyn.engine.bootstrap import (
     BootstrapSpec,
     FilterGroups,
@@ -40,6 +40,10 @@ from featdyn.engine.stats import (
 )
 from featdyn.progress import Progress
 from featdyn.spec.columns import FILTER_COLUMNS, SCORE_COLUMNS
+from featdyn.spec.layouts import TOKEN_READINGS, prefix_name
+
+# key of a token layer's other readings in the statistics files: '<layer>#cls', '<layer>#mean'
+READING_SEP = "#"
 
 log = logging.getLogger("featdyn.engine.similarity")
 
@@ -64,25 +68,72 @@ def source_stats_from_store(path: str | os.PathLike, device: torch.device | str 
     return source_group_stats_from_store(path, device, expect, groups=0)[0]
 
 
+def readings(store: ActivationStore, tokens: Sequence[str] = ()) -> list[tuple[str, str, str]]:
+    """(key, layer, reading) of every statistic kept for ``store``: each layer as stored (maps, and
+    a token layer's patch grid: reading 'patches', key the layer), and for each token layer each
+    of ``tokens`` ('cls', 'mean'; key '<layer>#<reading>')."""
+    out = []
+    for layer in store.layers:
+        out.append((layer, layer, "patches"))
+        if store.layout(layer)["layout"] == "NTC":
+            out += [(f"{layer}{READING_SEP}{t}", layer, t) for t in tokens if t != "patches"]
+    return out
+
+
+def _named(layer: str, reading: str) -> str:
+    return repr(layer) if reading == "patches" else f"{layer!r} (tokens: {reading})"
+
+
+def reading_batches(store: ActivationStore, layer: str, reading: str,
+                    batch: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, block) of a layer's ``reading``: the stored maps ('patches'), the class token, one
+    row per image ('cls', the first prefix token), or the mean patch token ('mean', float64)."""
+    if reading == "patches":
+        yield from store.batches(layer, batch)
+        return
+    if reading == "cls":
+        if not store.layout(layer).get("prefix"):
+            raise FeatdynError(f"activation store {store.path}: layer {layer!r} has no class token (tokens: cls)")
+        step = batch or store.array(layer).chunks[0]
+        for start in range(0, store.n, step):
+            yield start, store.read(prefix_name(layer), start, min(start + step, store.n))[:, :, 0]
+        return
+    if reading == "mean":
+        for start, block in store.batches(layer, batch):
+            yield start, block.astype(np.float64).mean(axis=(2, 3))
+        return
+    raise FeatdynError(f"unknown token reading {reading!r}; expected one of {list(TOKEN_READINGS)}")
+
+
+def select_reading(stats: Mapping[str, object], reading: str) -> dict[str, object]:
+    """The statistics a metric reading ``reading`` of token layers uses, keyed by layer: a token
+    layer's '<layer>#<reading>' entry where there is one, every other layer as stored."""
+    plain = [k for k in stats if READING_SEP not in k]
+    if reading == "patches":
+        return {k: stats[k] for k in plain}
+    return {k: stats.get(f"{k}{READING_SEP}{reading}", stats[k]) for k in plain}
+
+
 def source_group_stats_from_store(path: str | os.PathLike, device: torch.device | str = "cpu",
-                                  expect: Mapping | None = None, groups: int = 0
+                                  expect: Mapping | None = None, groups: int = 0, tokens: Sequence[str] = ()
                                   ) -> tuple[dict[str, SideStats], dict[str, list[SideStats]]]:
     """:func:`source_stats_from_store` and, from the same pass, the statistics of each of
-    ``groups`` image groups (:func:`featdyn.engine.stats.image_groups`; none when 0): (sides, group sides)."""
+    ``groups`` image groups (:func:`featdyn.engine.stats.image_groups`; none when 0): (sides, group sides).
+    ``tokens``: the token readings besides the patches to keep for token layers (:func:`readings`)."""
     store = open_store(path, {**(expect or {}), "epoch": 0})
     out, grouped = {}, {}
-    for layer in store.layers:
-        with about(f"activation store {path}, layer {layer!r}, epoch 0", path):
+    for key, layer, reading in readings(store, tokens):
+        with about(f"activation store {path}, layer {_named(layer, reading)}, epoch 0", path):
             acc = Accumulator(device)
             gacc = GroupAccumulator(image_groups(store.n, groups), device) if groups else None
-            for start, block in store.batches(layer):
+            for start, block in reading_batches(store, layer, reading):
                 acc.update(block)
                 if gacc is not None:
                     gacc.update(start, block)
-            out[layer] = acc.side()
+            out[key] = acc.side()
             if gacc is not None:
-                grouped[layer] = gacc.sides()
-        log.info("source %s: n=%d, C=%d", layer, out[layer].n, out[layer].sum.shape[0])
+                grouped[key] = gacc.sides()
+        log.info("source %s: n=%d, C=%d", key, out[key].n, out[key].sum.shape[0])
     return out, grouped
 
 
@@ -100,40 +151,43 @@ def pair_group_stats_from_stores(source_path: str | os.PathLike, target_path: st
                                  source: Mapping[str, SideStats], device: torch.device | str = "cpu",
                                  expect: Mapping | None = None, *, source_attrs: Mapping | None = None,
                                  target_attrs: Mapping | None = None,
-                                 source_groups: Mapping[str, list[SideStats]] | None = None
+                                 source_groups: Mapping[str, list[SideStats]] | None = None,
+                                 tokens: Sequence[str] = ()
                                  ) -> tuple[dict[str, PairStats], dict[str, list[PairStats]]]:
     """:func:`pair_stats_from_stores` and, from the same pass, each image group's statistics when
     ``source_groups`` (the source's per-group sides) is given: (pairs, group pairs)."""
     src, tgt = open_pair(source_path, target_path, expect, source=source_attrs, target=target_attrs)
     out, grouped = {}, {}
-    for layer in src.layers:
-        if layer not in source:
-            raise FeatdynError(f"source statistics lack layer {layer!r}")
+    for key, layer, reading in readings(src, tokens):
+        if key not in source:
+            raise FeatdynError(f"source statistics lack layer {key!r}")
         gacc = None
         if source_groups:
-            if layer not in source_groups:
-                raise FeatdynError(f"source group statistics lack layer {layer!r}")
+            if key not in source_groups:
+                raise FeatdynError(f"source group statistics lack layer {key!r}")
             # the groups' X side is the source's: share its shift, skip its Gram matrix
-            gacc = GroupAccumulator(image_groups(src.n, len(source_groups[layer])), device,
-                                    x_shift=source_groups[layer][0].shift, x_gram=False)
+            gacc = GroupAccumulator(image_groups(src.n, len(source_groups[key])), device,
+                                    x_shift=source_groups[key][0].shift, x_gram=False)
 
-        def blocks(gacc=gacc, layer=layer):
-            for (start, xb), (_, yb) in zip(src.batches(layer), tgt.batches(layer, src.array(layer).chunks[0])):
+        def blocks(gacc=gacc, layer=layer, reading=reading):
+            step = src.array(layer).chunks[0]
+            for (start, xb), (_, yb) in zip(reading_batches(src, layer, reading, step),
+                                            reading_batches(tgt, layer, reading, step)):
                 if gacc is not None:
                     gacc.update(start, xb, yb)
                 yield xb, yb
 
-        with about(f"activation stores {source_path} and {target_path}, layer {layer!r}, "
+        with about(f"activation stores {source_path} and {target_path}, layer {_named(layer, reading)}, "
                    f"epoch {tgt.attrs.get('epoch')}", source_path, target_path):
-            out[layer] = stream_pair(blocks(), device, source=source[layer])
+            out[key] = stream_pair(blocks(), device, source=source[key])
             if gacc is not None:
-                grouped[layer] = gacc.pairs()
-        log.info("epoch %s %s: n=%d", tgt.attrs.get("epoch"), layer, out[layer].n)
+                grouped[key] = gacc.pairs()
+        log.info("epoch %s %s: n=%d", tgt.attrs.get("epoch"), key, out[key].n)
     return out, grouped
 
 
 def _params(block: Mapping) -> dict:
-    return {k: v for k, v in block.items() if k not in ("kind", "granularity")}
+    return {k: v for k, v in block.items() if k not in ("kind", "granularity", "tokens")}
 
 
 def _with_intervals(rows: list[tuple], reps: Replicates) -> pd.DataFrame:
@@ -173,6 +227,7 @@ def score_layers_with_replicates(source_file: str | os.PathLike, epoch_files: Se
     intervals over the probe images when ``spec`` is enabled (then ``source_groups_file`` and one
     group file per epoch are the per-group statistics of ``source_file`` and ``epoch_files``)."""
     params = _params(block)
+    reading = block.get("tokens", "patches")
     source = load_sides(source_file, device)
     boot = spec is not None and spec.enabled
     if boot and len(group_files) != len(epoch_files):
@@ -180,11 +235,12 @@ def score_layers_with_replicates(source_file: str | os.PathLike, epoch_files: Se
     source_groups = load_group_sides(source_groups_file, device) if boot else {}
     rows, values, layers, weights = [], [], None, None
     for e, (epoch, path) in enumerate(zip(epochs, epoch_files)):
-        pairs = load_pairs(path, source, device)
+        # a token layer read as the metric's `tokens` say (the patch grid by default)
+        pairs = select_reading(load_pairs(path, source, device), reading)
         layers = layers or list(pairs)
         # epoch 0 is the source model against itself: the same (zero) distance in every resample
         resample = boot and int(epoch) != 0
-        groups = load_group_pairs(group_files[e], source_groups, device) if resample else {}
+        groups = select_reading(load_group_pairs(group_files[e], source_groups, device), reading) if resample else {}
         column = []
         for i, (layer, stats) in enumerate(pairs.items()):
             what = f"metrics.{metric} ({block['kind']}) of {path} (with {source_file}), layer {layer!r}, epoch {epoch}"

@@ -18,7 +18,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ from featdyn.engine.linalg import pick_device
 from featdyn.nets.batches import Normalizer, iterate_batches
 from featdyn.nets.checkpoints import load_checkpoint, model_from_checkpoint
 from featdyn.nets.layers import LayerCapture
+from featdyn.nets.layouts import arrange, layer_layouts
 from featdyn.progress import Progress
 from featdyn.spec.hyperparams import IMAGENET_MEAN, IMAGENET_STD
 
@@ -92,11 +93,15 @@ class Batch:
 
 
 def capture_batches(model: nn.Module, norm: nn.Module, cache: ImageCache, rows: np.ndarray,
-                    layers: Sequence[str], batch_size: int, device: torch.device) -> Iterator[Batch]:
+                    layers: Sequence[str], batch_size: int, device: torch.device,
+                    layouts: Mapping[str, Mapping] | None = None) -> Iterator[Batch]:
     """Forward passes over ``rows`` of the cache, ``batch_size`` images at a time, yielding the
-    captured layers of each batch (eval mode, no gradients, float32)."""
+    captured layers of each batch (eval mode, no gradients, float32), each in its canonical layout
+    when ``layouts`` (featdyn.nets.layouts) are given: channels-first maps, a token layer's patch
+    grid plus its prefix tokens (``<layer>__prefix``)."""
     model.eval()
-    with LayerCapture(model, layers, host=True) as capture:
+    transform = None if layouts is None else (lambda spec, t: arrange(t, layouts[spec]))
+    with LayerCapture(model, layers, host=True, transform=transform) as capture:
         start = 0
         for x, _y in iterate_batches(cache, rows, batch_size, device):
             with torch.inference_mode():
@@ -159,8 +164,10 @@ class BackgroundWriter:
 def extract(checkpoint: str | os.PathLike, cache: ImageCache, layers: Sequence[str], out: str | os.PathLike,
             *, batch_size: int = 32, dtype: str = "float32", codec: str = "zstd", level: int = 1,
             device: torch.device | None = None, attrs: dict | None = None, queue_depth: int = 2,
-            tf32: bool = False) -> dict[str, float]:
-    """Write the activations of ``layers`` for the probe images of ``cache`` to the store ``out``.
+            tf32: bool = False, layout: str | Mapping | None = None) -> dict[str, float]:
+    """Write the activations of ``layers`` for the probe images of ``cache`` to the store ``out``,
+    each in its canonical layout (decided from the model, or by ``layout``, the config's override:
+    featdyn.nets.layouts), recorded in the store's ``layouts`` attribute.
 
     Returns {'n', 'seconds', 'images_per_s'} of the capture-and-store loop (store creation to rename).
     """
@@ -171,8 +178,10 @@ def extract(checkpoint: str | os.PathLike, cache: ImageCache, layers: Sequence[s
         torch.backends.cudnn.benchmark = True
     model, norm, ckpt = load_model(checkpoint, cache, device)
     rows = cache.indices("probe")
-    store_attrs = {"checkpoint_sha256": file_sha256(checkpoint), "probe_sha256": cache.probe_sha256(),
-                   "image_size": int(cache.images.shape[1]), "epoch": int(ckpt["epoch"]),
+    image_size = int(cache.images.shape[1])
+    layouts = layer_layouts(ckpt["arch"], layers, image_size, ckpt.get("width", 1.0), layout)
+    store_attrs = {"layouts": layouts, "checkpoint_sha256": file_sha256(checkpoint),
+                   "probe_sha256": cache.probe_sha256(), "image_size": image_size, "epoch": int(ckpt["epoch"]),
                    "arch": ckpt["arch"], "classes": ckpt.get("classes"), "device": device.type,
                    "tf32": bool(tf32 and device.type == "cuda"), **(attrs or {})}
     progress = Progress(log, "extract batch", math.ceil(len(rows) / batch_size))
@@ -181,7 +190,7 @@ def extract(checkpoint: str | os.PathLike, cache: ImageCache, layers: Sequence[s
             StoreWriter(out, len(rows), layers, store_attrs, chunk=batch_size, dtype=dtype, codec=codec,
                         level=level) as writer, \
             BackgroundWriter(writer, cache.labels, queue_depth, progress) as background:
-        for batch in capture_batches(model, norm, cache, rows, layers, batch_size, device):
+        for batch in capture_batches(model, norm, cache, rows, layers, batch_size, device, layouts):
             background.put(batch)
     seconds = time.perf_counter() - t0
     log.info("wrote %s: %d images, layers %s, %.1f img/s", out, len(rows), list(layers), len(rows) / seconds)

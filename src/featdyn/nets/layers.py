@@ -9,7 +9,7 @@ the capture is refused, because a plain hook would silently see the wrong tensor
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -70,8 +70,12 @@ class LayerCapture:
     float32: stored activations are never computed in bf16/fp16 (autocast must be off).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], detach: bool = True, host: bool = False) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str], detach: bool = True, host: bool = False,
+                 transform: Callable[[str, torch.Tensor], dict[str, torch.Tensor]] | None = None) -> None:
         self.model = model
+        # transform(spec, tensor) -> {suffix: tensor}: the captured tensor rearranged before it is
+        # copied (featdyn.nets.layouts.arrange); each part is kept as captured[spec + suffix]
+        self.transform = transform
         self.layers = list(layers)
         self.modules = resolve_modules(model, self.layers)
         self.detach = detach
@@ -100,7 +104,12 @@ class LayerCapture:
             if want is None or self._calls[spec] == want:
                 if not isinstance(output, torch.Tensor):
                     raise FeatdynError(f"layer {spec!r} returns {type(output).__name__}, not a tensor")
-                self.captured[spec] = self._take(spec, output)
+                if self.transform is None:
+                    self.captured[spec] = self._take(spec, output)
+                else:
+                    t = output.detach() if self.detach else output
+                    for suffix, part in self.transform(spec, t).items():
+                        self.captured[spec + suffix] = self._take(spec, part)
         return hook
 
     def __enter__(self) -> LayerCapture:
@@ -123,7 +132,8 @@ class LayerCapture:
         if self.host and x.device.type == "cuda":
             self.ready = torch.cuda.Event()
             self.ready.record()
-        return {spec: self.captured[spec] for spec in self.layers}
+        out = {spec: self.captured[spec] for spec in self.layers}
+        return out | {k: v for k, v in self.captured.items() if k not in out}
 
     def check_calls(self) -> None:
         for spec in self.layers:

@@ -12,6 +12,7 @@ file only; torchvision's weights exist for width 1).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -38,7 +39,31 @@ def classification_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+# `arch: timm/<name>`: a model of timm (PyTorch Image Models), imported only where one is configured
+TIMM = "timm/"
+
+
+def is_timm(arch: str) -> bool:
+    return arch.startswith(TIMM)
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise FeatdynError("timm models need the package timm (pinned in requirements.txt): "
+                           "pip install -r requirements.txt") from None
+    return timm
+
+
 def check_arch(arch: str) -> None:
+    if is_timm(arch):
+        names = _timm().list_models()
+        name = arch[len(TIMM):]
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=5)
+            raise FeatdynError(f"unknown timm model {name!r}" + (f"; did you mean {close}?" if close else ""))
+        return
     names = classification_models()
     if arch not in names:
         close = difflib.get_close_matches(arch, names, n=5)
@@ -52,8 +77,16 @@ def is_weights_file(weights: str | None) -> bool:
     return bool(weights) and (os.sep in weights or weights.endswith((".pt", ".pth")))
 
 
-def resolve_weights(arch: str, name: str) -> torchvision.models.WeightsEnum:
-    """The torchvision weights enum member ``name`` of ``arch`` (e.g. IMAGENET1K_V1, DEFAULT)."""
+def resolve_weights(arch: str, name: str) -> torchvision.models.WeightsEnum | str:
+    """The torchvision weights enum member ``name`` of ``arch`` (e.g. IMAGENET1K_V1, DEFAULT); for a
+    timm model, its pretrained tag (``augreg_in21k_ft_in1k``) as timm's full name ``<model>.<tag>``."""
+    if is_timm(arch):
+        model = arch[len(TIMM):]
+        tags = [t.partition(".")[2] for t in _timm().list_pretrained(f"{model}.*")]
+        if name not in tags:
+            raise FeatdynError(f"unknown timm pretrained tag {name!r} for {model!r}; expected one of {tags} "
+                               f"(or null for random initialisation, or a file path)")
+        return f"{model}.{name}"
     enum = torchvision.models.get_model_weights(arch)
     try:
         return enum[name] if name != "DEFAULT" else enum.DEFAULT
@@ -149,6 +182,55 @@ def _mobilenet_v2(arch: str, width: float) -> nn.Module:
     return torchvision.models.get_model(arch, weights=None, width_mult=width)
 
 
+def _multiple(value: int, width: float, of: int) -> int:
+    """``value * width`` rounded to a multiple of ``of`` (at least ``of``): attention heads must
+    divide the embedding."""
+    return max(of, round(value * width / of) * of)
+
+
+def _vit(arch: str, width: float) -> nn.Module:
+    """A torchvision ViT with its embedding and MLP scaled (same heads, depth, patch, image size)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    with torch.device("meta"):
+        full = torchvision.models.get_model(arch, weights=None)
+    heads = full.encoder.layers[0].self_attention.num_heads
+    return VisionTransformer(full.image_size, full.patch_size, len(full.encoder.layers), heads,
+                             _multiple(full.hidden_dim, width, heads), _scaled(full.mlp_dim, width))
+
+
+def _swin(arch: str, width: float) -> nn.Module:
+    """A torchvision Swin (v1 or v2) with its embedding scaled (same depths, heads, windows)."""
+    from torchvision.models import swin_transformer as tv_swin
+
+    with torch.device("meta"):
+        full = torchvision.models.get_model(arch, weights=None)
+    stages = [full.features[i] for i in range(1, len(full.features), 2)]
+    first = stages[0][0]
+    heads = [stage[0].attn.num_heads for stage in stages]
+    v2 = isinstance(first, tv_swin.SwinTransformerBlockV2)
+    return tv_swin.SwinTransformer(
+        patch_size=list(full.features[0][0].kernel_size), embed_dim=_multiple(full.features[0][0].out_channels,
+                                                                               width, heads[0]),
+        depths=[len(stage) for stage in stages], num_heads=heads, window_size=list(first.attn.window_size),
+        stochastic_depth_prob=stages[-1][-1].stochastic_depth.p,
+        block=tv_swin.SwinTransformerBlockV2 if v2 else tv_swin.SwinTransformerBlock,
+        downsample_layer=tv_swin.PatchMergingV2 if v2 else tv_swin.PatchMerging)
+
+
+def _convnext(arch: str, width: float) -> nn.Module:
+    """A torchvision ConvNeXt with every stage's channels scaled (same depths)."""
+    from torchvision.models import convnext as tv_convnext
+
+    with torch.device("meta"):
+        full = torchvision.models.get_model(arch, weights=None)
+    stages = [full.features[i] for i in range(1, len(full.features), 2)]
+    channels = [_scaled(stage[0].block[0].in_channels, width) for stage in stages]
+    setting = [tv_convnext.CNBlockConfig(c, channels[i + 1] if i + 1 < len(stages) else None, len(stage))
+               for i, (c, stage) in enumerate(zip(channels, stages))]
+    return tv_convnext.ConvNeXt(setting, stochastic_depth_prob=stages[-1][-1].stochastic_depth.p)
+
+
 def _scaler(arch: str) -> Callable[[str, float], nn.Module] | None:
     if arch.removesuffix("_bn") in _VGG_CFG:
         return _vgg
@@ -158,6 +240,12 @@ def _scaler(arch: str) -> Callable[[str, float], nn.Module] | None:
         return _densenet
     if arch == "mobilenet_v2":
         return _mobilenet_v2
+    if arch.startswith("vit_"):
+        return _vit
+    if arch.startswith("swin_"):
+        return _swin
+    if arch.startswith("convnext_"):
+        return _convnext
     return None
 
 
@@ -165,8 +253,28 @@ def check_width(arch: str, width: float) -> None:
     if width <= 0:
         raise FeatdynError(f"width must be positive, got {width}")
     if width != 1 and _scaler(arch) is None:
-        raise FeatdynError(f"width {width}: reduced widths exist for vgg*, resnet*, wide_resnet*, densenet* and "
-                           f"mobilenet_v2, not {arch!r}; use width 1")
+        raise FeatdynError(f"width {width}: reduced widths exist for vgg*, resnet*, wide_resnet*, densenet*, "
+                           f"mobilenet_v2, vit_*, swin_* and convnext_*, not {arch!r} (its channel counts are "
+                           f"tied to searched or grouped settings that a multiplier would break); use width 1")
+
+
+@contextlib.contextmanager
+def _widths_on_cpu():
+    """RegNet's constructor computes its stage widths with tensors (``.tolist()``), which the meta
+    device cannot: compute them on the CPU while the modules go to the meta device."""
+    from torchvision.models import regnet
+
+    original = regnet.BlockParams.__dict__["from_init_params"]
+
+    def on_cpu(cls, *args, **kwargs):
+        with torch.device("cpu"):
+            return original.__func__(cls, *args, **kwargs)
+
+    regnet.BlockParams.from_init_params = classmethod(on_cpu)
+    try:
+        yield
+    finally:
+        regnet.BlockParams.from_init_params = original
 
 
 def construct(arch: str, width: float = 1.0, *, meta: bool = False) -> nn.Module:
@@ -178,8 +286,10 @@ def construct(arch: str, width: float = 1.0, *, meta: bool = False) -> nn.Module
     check_arch(arch)
     check_width(arch, width)
     if meta:
-        with torch.device("meta"):
+        with torch.device("meta"), _widths_on_cpu():
             return construct(arch, width)
+    if is_timm(arch):
+        return _timm().create_model(arch[len(TIMM):], pretrained=False)
     if width == 1:
         return torchvision.models.get_model(arch, weights=None)
     return _scaler(arch)(arch, width)
@@ -235,6 +345,14 @@ def load_pretrained_state(arch: str, weights: str | None, seed: int = 0,
         return state
     if width != 1:
         raise FeatdynError(f"torchvision weights {weights!r} exist for width 1 only, not width {width}")
+    if is_timm(arch):  # through timm's own cache (Hugging Face hub), as torchvision's through torch.hub's
+        full = resolve_weights(arch, weights)
+        log.info("loading timm weights %s", full)
+        try:
+            return _timm().create_model(full, pretrained=True).state_dict()
+        except Exception as exc:  # noqa: BLE001 - network, hub and file errors alike
+            raise FeatdynError(f"cannot fetch timm weights {full}: {exc} (without internet, run the fetch_weights "
+                               f"rule where there is)") from exc
     enum = resolve_weights(arch, weights)
     path = cached_weights_path(enum)
     if path.is_file():  # verify before unpickling: a corrupt file must fail with its name

@@ -54,6 +54,12 @@ POINTWISE_NAMES = frozenset({
     "tanh_", "softplus", "dropout", "dropout2d", "alpha_dropout", "stochastic_depth", "batch_norm",
     "clamp", "clamp_", "clip", "neg", "abs", "contiguous", "clone", "detach", "float",
 })
+# Operations over the channel axis alone (LayerNorm, Linear): pointwise in space when the channels
+# are the last axis, i.e. between the layout permutes of a ConvNeXt block or a Swin stage; checked
+# by following every permute from the channels-first input (a window op on permuted axes, or a
+# channel op whose last axis is not the channels, is refused).
+CHANNEL_MODULES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.Linear)
+CHANNEL_NAMES = frozenset({"layer_norm", "linear"})
 # Elementwise functions of several maps (broadcasting).
 MERGE_NAMES = frozenset({"add", "add_", "iadd", "sub", "sub_", "isub", "mul", "mul_", "imul", "truediv",
                          "div", "div_", "itruediv", "maximum", "minimum"})
@@ -142,9 +148,10 @@ class _Op:
     """One node of the traced graph, read: its kind, its activation inputs and, for a window, the
     window per axis (rows, columns)."""
 
-    kind: str  # "input", "window", "pointwise", "merge"
+    kind: str  # "input", "window", "pointwise", "merge", "permute", "channelwise"
     inputs: list[fx.Node]
     windows: tuple[Window, Window] | None = None
+    dims: tuple[int, ...] | None = None  # of a permute
 
 
 class _Reader:
@@ -212,11 +219,18 @@ class _Reader:
                 return _Op("window", ins[:1], self._adaptive(node, m.output_size, n_in))
             if isinstance(m, POINTWISE_MODULES):
                 return self._pointwise(node, ins, type(m).__name__)
+            if isinstance(m, CHANNEL_MODULES):
+                return _Op("channelwise", self._one(node, ins, type(m).__name__))
             raise self.fail(node, f"module {type(m).__name__}")
         if node.op in ("call_function", "call_method"):
             name = self._name(node.target)
             if name in POINTWISE_NAMES:
                 return self._pointwise(node, ins, name)
+            if name in CHANNEL_NAMES:
+                return _Op("channelwise", self._one(node, ins, name))
+            if name == "permute":
+                dims = node.args[1:] if len(node.args) > 2 else node.args[1] if len(node.args) > 1 else node.kwargs["dims"]
+                return _Op("permute", self._one(node, ins, name), dims=tuple(int(d) for d in dims))
             if name in MERGE_NAMES:
                 return _Op("merge", ins)
             if name in CAT_NAMES:
@@ -247,6 +261,11 @@ class _Reader:
                 raise self.fail(node, f"mean over dims {sorted(dims)} with keepdim={a.get('keepdim', False)}")
             raise self.fail(node, f"{node.op} {name!r}")
         raise self.fail(node, f"a {node.op} node")
+
+    def _one(self, node: fx.Node, ins: list[fx.Node], what: str) -> list[fx.Node]:
+        if len(ins) != 1:
+            raise self.fail(node, f"{what} with {len(ins)} activation inputs")
+        return ins
 
     def _pointwise(self, node: fx.Node, ins: list[fx.Node], what: str) -> _Op:
         if len(ins) != 1:
@@ -449,12 +468,26 @@ def _field(model: nn.Module, graph: fx.Graph, outputs: dict[str, list], layer: s
         needed.add(node)
         stack.extend(reader.inputs(node))
     fields: dict[fx.Node, tuple[Axis, Axis]] = {}
+    # the order of each node's axes, as positions of (N, C, H, W): permutes change it
+    axes: dict[fx.Node, tuple[int, ...]] = {}
     order = []
     for node in graph.nodes:
         if node not in needed:
             continue
         first = fields[reader.inputs(node)[0]] if reader.inputs(node) else None
         op = reader.read(node, (first[0].n, first[1].n) if first else None)
+        at = axes[op.inputs[0]] if op.inputs else (0, 1, 2, 3)
+        if op.kind == "merge" and len({axes[i] for i in op.inputs}) > 1:
+            raise reader.fail(node, "a merge of maps with differently permuted axes")
+        if op.kind == "window" and at != (0, 1, 2, 3):
+            raise reader.fail(node, f"a window operation on axes permuted to {at}")
+        if op.kind == "channelwise" and at[-1] != 1:
+            raise reader.fail(node, f"a channel operation whose last axis is not the channels (axes {at})")
+        if op.kind == "permute":
+            if sorted(op.dims) != list(range(len(at))):
+                raise reader.fail(node, f"permute{op.dims} of a {len(at)}-D map")
+            at = tuple(at[d] for d in op.dims)
+        axes[node] = at
         if op.kind == "input":
             out = (Axis(size[0], 1, 1, 0), Axis(size[1], 1, 1, 0))
         elif not op.inputs:
@@ -464,7 +497,7 @@ def _field(model: nn.Module, graph: fx.Graph, outputs: dict[str, list], layer: s
             if out[0].n < 1 or out[1].n < 1:
                 raise FeatdynError(f"receptive field of layer {layer!r}: the input of {size[0]} x {size[1]} px is "
                                    f"too small for module {reader.where(node)!r} (its output would be empty)")
-        elif op.kind == "pointwise":
+        elif op.kind in ("pointwise", "permute", "channelwise"):
             out = first
         else:
             out = _merge(reader, node, [fields[i] for i in op.inputs])

@@ -292,12 +292,13 @@ def patch_row_label(cls: str, layer: str, filt: int, reason: str = "") -> str:
     return f"{textwrap.fill(f'class {cls}', 22)}\n{_wrap_layer(layer)}\nfilter {filt}" + (f"\n({tag})" if tag else "")
 
 
-def patch_grid(rows, epochs: Sequence[int], *, title: str, colour=None, reasons: Sequence[str] | None = None
-               ) -> tuple[plt.Figure, dict]:
+def patch_grid(rows, epochs: Sequence[int], *, title: str, colour=None, reasons: Sequence[str] | None = None,
+               note: str = "") -> tuple[plt.Figure, dict]:
     """The class-average figure: ``rows`` (featdyn.report.visualize.PatchRow: class, layer, filter and a
     featdyn.report.patches.ClassPatch per epoch), one column per epoch in ``epochs`` (source first).
     Checkerboard: pixels no crop covers; hatched "dead": the filter's maximum is <= 0 in every image of
-    the class. Returns the figure and its layout (:meth:`_Grid.layout`)."""
+    the class. ``note`` ends the caption (what the input region means for token or measured layers).
+    Returns the figure and its layout (:meth:`_Grid.layout`)."""
     reasons = list(reasons or [""] * len(rows))
     with plt.rc_context(STYLE):
         grid = _Grid(len(rows), len(epochs))
@@ -324,7 +325,7 @@ def patch_grid(rows, epochs: Sequence[int], *, title: str, colour=None, reasons:
         grid.fit()
         grid.title(title, "Class-average input patterns: the activation-weighted mean of each image's input region "
                    "at the filter's strongest unit (checkerboard: outside every image; dead: no positive activation "
-                   "in the class).", colour or "black")
+                   "in the class)." + (f" {note}" if note else ""), colour or "black")
         return grid.fig, grid.layout()
 
 

@@ -21,7 +21,9 @@ from featdyn.data.datasets import ImageCache
 from featdyn.data.stores import ActivationStore, open_pair
 from featdyn.engine.filterwise import FilterAccumulator
 from featdyn.engine.similarity import filter_scores_of_table
-from featdyn.nets.receptive_field import ReceptiveField, receptive_fields
+from featdyn.nets.receptive_field import ReceptiveField
+from featdyn.nets.unit_fields import HOW_MEASURED, HOW_TOKEN, unit_fields
+from featdyn.nets.unit_fields import how as field_how
 from featdyn.report.heatmaps import aligned_map, row_limits
 from featdyn.report.patches import ClassPatch, class_patch
 from featdyn.report.units import choose_units
@@ -126,12 +128,28 @@ def units_for_run(block: Mapping, *, model: str, dataset: str, cache: ImageCache
                         rank_source=rank_source)
 
 
-def fields_for(arch: str, width: float, layers: Sequence[str], image_size: int) -> dict[str, ReceptiveField]:
-    """Receptive fields of ``layers`` of torchvision's ``arch`` at ``width`` (structure only: built
-    on the meta device, no weights)."""
-    from featdyn.nets.models import construct
+def fields_for(arch: str, width: float, layers: Sequence[str], image_size: int,
+               layouts: Mapping[str, Mapping] | None = None) -> dict[str, ReceptiveField]:
+    """The input region of each unit of ``layers`` of ``arch`` at ``width`` (featdyn.nets.unit_fields:
+    exact where the graph is understood, else measured; a token's patch for token layers);
+    ``layouts``: the layers' layouts as the store records them."""
+    return unit_fields(arch, width, layers, image_size, layouts or {})
 
-    return receptive_fields(construct(arch, width, meta=True), list(dict.fromkeys(layers)), image_size)
+
+def field_note(fields: Mapping[str, ReceptiveField]) -> str:
+    """The end of the patch figure's caption: what the input region means where it is not an exact
+    receptive field."""
+    parts = []
+    tokens = [layer for layer, rf in fields.items() if field_how(rf) == HOW_TOKEN]
+    measured = [layer for layer, rf in fields.items() if field_how(rf) == HOW_MEASURED]
+    if tokens:
+        parts.append(f"Token layers ({', '.join(tokens)}): the input patch of the strongest token, not a receptive "
+                     f"field (attention mixes the whole image).")
+    if measured:
+        parts.append(f"Layers {', '.join(measured)}: input region measured (input-gradient support of a linearised "
+                     f"copy of the model); with shifted windows (Swin) it is every pixel that reaches the unit "
+                     f"through the windows it attends over.")
+    return " ".join(parts)
 
 
 @dataclass

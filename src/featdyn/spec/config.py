@@ -13,6 +13,7 @@ from pathlib import Path
 
 from featdyn import FeatdynError
 from featdyn.spec.hyperparams import training_config
+from featdyn.spec.layouts import TOKEN_READINGS
 from featdyn.spec.metric_kinds import FILTER_KINDS, check_params
 from featdyn.spec.schema import fill_defaults, load_schema, schema_path
 
@@ -77,10 +78,15 @@ def dataset_roots(name: str, spec: dict, data_dir: str) -> dict[str, str]:
 
 
 def layers_of(config: dict, model: str) -> list[str]:
-    from featdyn.spec.layer_presets import preset
+    """The model's layers: a list given in the config, the paper's ``preset``, or ``auto``
+    (featdyn.nets.auto_layers); ``preset`` (the default) is auto for an arch without a paper preset."""
+    from featdyn.spec.auto_layers import auto_layers_of
+    from featdyn.spec.layer_presets import PRESETS, preset
 
     spec = config["models"][model]
     layers = spec["layers"]
+    if layers == "auto" or (layers == "preset" and spec["arch"] not in PRESETS):
+        return auto_layers_of(spec["arch"], spec["width"], int(config["image_size"]))
     return preset(spec["arch"]) if layers == "preset" else list(layers)
 
 
@@ -89,22 +95,35 @@ def metric_params(config: dict, metric: str) -> dict:
     block = dict(config["metrics"][metric])
     kind = block.pop("kind")
     granularity = block.pop("granularity", "layer")
+    tokens = block.pop("tokens", "patches")
     if granularity == "filter" and kind not in FILTER_KINDS:
         raise FeatdynError(f"metrics.{metric}: granularity 'filter' exists for {list(FILTER_KINDS)}, not {kind!r}")
+    if tokens not in TOKEN_READINGS:
+        raise FeatdynError(f"metrics.{metric}.tokens: {tokens!r}; expected one of {list(TOKEN_READINGS)}")
+    if granularity == "filter" and tokens != "patches":
+        raise FeatdynError(f"metrics.{metric}.tokens: {tokens!r} gives one value per image and filter, no map: "
+                           f"filter granularity reads a token layer's patch grid (tokens: patches)")
     try:
         params = check_params(kind, block)
     except FeatdynError as exc:
         raise FeatdynError(f"metrics.{metric}: {exc}") from None
-    return {"kind": kind, "granularity": granularity, **params}
+    # `tokens` only where it is not the default: configs without token readings keep their params
+    return {"kind": kind, "granularity": granularity, **({"tokens": tokens} if tokens != "patches" else {}), **params}
+
+
+def token_readings(config: dict) -> list[str]:
+    """The token readings besides the patch grid that the layer metrics ask for ('cls', 'mean'):
+    the statistics jobs keep them for every token layer."""
+    wanted = {metric_params(config, m).get("tokens") for m in config["metrics"]}  # absent: patches
+    return sorted(wanted - {None, "patches"})
 
 
 def check(config: dict, base: str | Path = ".") -> None:
     """Raise FeatdynError naming every problem found in ``config`` (paths relative to ``base``)."""
     config = with_defaults(config)
     from featdyn.data.datasets import check_training_tree, check_tree
-    from featdyn.nets.layers import layer_shapes
+    from featdyn.nets.layouts import layer_layouts
     from featdyn.nets.models import check_arch, check_width, is_weights_file, resolve_weights
-    from featdyn.spec.layer_presets import PRESETS
 
     problems: list[str] = []
 
@@ -137,16 +156,15 @@ def check(config: dict, base: str | Path = ".") -> None:
                     resolve_weights(spec["arch"], weights)
                 except FeatdynError as exc:
                     raise FeatdynError(f"models.{name}.weights: {exc}") from None
-            if spec["layers"] == "preset" and spec["arch"] not in PRESETS:
-                raise FeatdynError(f"models.{name}.layers: no preset for {spec['arch']!r} "
-                                   f"(presets: {sorted(PRESETS)}); give a list of module paths")
             # A forward pass on the meta device (no weights; up to a second for a DenseNet) finds
-            # unknown paths and modules called several times without @k before any job runs; once
-            # per distinct (arch, layers): a grid of many models of a few architectures pays it once.
+            # unknown paths, modules called several times without @k and layers whose feature axis
+            # cannot be decided (featdyn.nets.layouts) before any job runs; once per distinct
+            # (arch, layers, layout): a grid of many models of a few architectures pays it once.
             try:
-                key = (spec["arch"], tuple(layers_of(config, name)), int(config["image_size"]))
+                layout = spec.get("layout")  # optional: no default (decided from the model)
+                key = (spec["arch"], tuple(layers_of(config, name)), int(config["image_size"]), width, repr(layout))
                 if key not in checked_layers:
-                    layer_shapes(*key)
+                    layer_layouts(*key[:4], layout)
                     checked_layers.add(key)
             except FeatdynError as exc:
                 raise FeatdynError(f"models.{name}.layers: {exc}") from None
