@@ -93,7 +93,9 @@ def main() -> int:
         return srun(args)
     if name in ("sacct", "squeue"):
         return status(args)
-    if name == "sinfo":
+    if name == "sinfo" and "%P|%c|%m|%G" in args:  # the nodes of each partition (featdyn.cluster)
+        print("cpu*|64|256000|(null)\ngpu|32|512000|gpu:4")
+    elif name == "sinfo":
         print("PARTITION\ncpu*\ngpu")
     elif name == "scontrol":
         print("MinJobAge               = 300 sec\nMaxArraySize            = 1001")

@@ -74,9 +74,10 @@ def test_slurm_profile_partitions_gpus_local_rules_and_retry_memory(tiny_run, tm
 
     subs = submissions(tmp_path / "slurm")
     rules = [s["rule"] for s in subs]
-    assert sorted(rules) == ["layer_stats", "table1", "table1"], subs
+    # layer_stats goes as the analysis group job of the profile (groups), here a group of one
+    assert sorted(rules) == ["analysis_layer_stats", "table1", "table1"], subs
     assert (run / "results/weights/mnet_b.pt").is_file(), "the local rule ran, on the login node"
-    gpu = next(s for s in subs if s["rule"] == "layer_stats")
+    gpu = next(s for s in subs if s["rule"] == "analysis_layer_stats")
     assert (gpu["partition"], gpu["gpus"]) == ("gpu", "1"), gpu
     first, retry = [s for s in subs if s["rule"] == "table1"]
     assert (first["partition"], first["gpus"], retry["partition"], retry["gpus"]) == ("cpu", None, "cpu", None)
@@ -93,7 +94,8 @@ def test_every_gpu_rule_can_run_on_a_gpu_partition_and_others_on_a_cpu_one():
     profile names no partition that would override it."""
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     assert "slurm_partition" not in str(profile), "a fixed partition would override the choice by resources"
-    parts = yaml.safe_load((REPO / "profiles/slurm" / profile["slurm-partition-config"]).read_text())
+    assert "slurm-partition-config" not in profile, "relative, it would be lost after --directory (cluster.smk)"
+    parts = yaml.safe_load((REPO / "profiles/slurm/partitions.yaml").read_text())
     limits = parts["partitions"]
     assert [n for n, p in limits.items() if p.get("max_gpu", 0) > 0] and \
            [n for n, p in limits.items() if p.get("max_gpu", 0) == 0]
