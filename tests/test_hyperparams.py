@@ -6,13 +6,20 @@ import subprocess
 import sys
 from dataclasses import fields
 
-from featdyn.spec.hyperparams import EPOCH0_KEYS, OPTIMISATION_KEYS, RUN_ONLY_KEYS, TrainConfig, epoch_params
+from featdyn.spec.hyperparams import (
+    EPOCH0_KEYS,
+    OPTIMISATION_KEYS,
+    RECIPE_KEYS,
+    RUN_ONLY_KEYS,
+    TrainConfig,
+    epoch_params,
+)
 
 from conftest import REPO
 
 
 def test_every_training_setting_is_placed_in_exactly_one_group():
-    groups = [set(EPOCH0_KEYS), set(OPTIMISATION_KEYS), set(RUN_ONLY_KEYS)]
+    groups = [set(EPOCH0_KEYS), set(OPTIMISATION_KEYS), set(RECIPE_KEYS), set(RUN_ONLY_KEYS)]
     names = {f.name for f in fields(TrainConfig)}
     assert set().union(*groups) == names and sum(map(len, groups)) == len(names)
 
@@ -24,6 +31,24 @@ def test_epoch_params():
     assert one["lr"] == 1e-3 and "eval_batch_size" not in one and "momentum" not in one  # Adam has none
     assert epoch_params(block | {"optimizer": "sgd"}, 3)["momentum"] == 0.9
     assert epoch_params(block | {"epochs": 50, "eval_batch_size": 1}, 2) == epoch_params(block, 2)
+
+
+def test_recipe_options_enter_only_the_epochs_they_change():
+    plain = TrainConfig().__dict__
+    keys = set(epoch_params(plain, 1))
+    assert not keys & set(RECIPE_KEYS) and "probe" not in keys, "a block without recipes: the params of before"
+    assert epoch_params(plain | {"freeze_bn": False}, 1) == epoch_params(plain, 1), "freeze_bn alone changes nothing"
+    for option in ({"freeze": ["features.0"]}, {"probe_epochs": 1}, {"layer_lr": {"decay": 0.8}},
+                   {"lr_from": {"model": "m", "metric": "p"}}):
+        block = plain | option
+        assert epoch_params(block, 0) == epoch_params(plain, 0), f"{option}: epoch 0 (the source model) is shared"
+        assert epoch_params(block, 2) != epoch_params(plain, 2), option
+    frozen = plain | {"freeze": "backbone"}
+    assert epoch_params(frozen | {"freeze_bn": False}, 1) != epoch_params(frozen, 1)
+    lpft = plain | {"probe_epochs": 2, "layer_lr": {"decay": 0.8}}
+    assert epoch_params(lpft, 1) == epoch_params(lpft | {"probe_epochs": 3, "layer_lr": None}, 1) == \
+        {**epoch_params(plain, 1), "probe": True, "freeze_bn": True}
+    assert epoch_params(lpft, 3)["layer_lr"] == {"decay": 0.8} and epoch_params(lpft, 3)["probe_epochs"] == 2
 
 
 def test_the_workflow_resolves_its_config_without_torch():

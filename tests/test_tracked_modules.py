@@ -26,8 +26,8 @@ TRACKED = {
     "download_dataset": {"atomic", "data.download", "progress"},
     "extract": {
         "atomic", "data.datasets", "data.download", "data.prefetch", "data.stores", "engine.linalg", "finite",
-        "nets.batches", "nets.checkpoints", "nets.extraction", "nets.layers", "nets.layouts", "nets.models", "progress",
-        "spec.fingerprints", "spec.hyperparams", "spec.layouts", "spec.replicates"},
+        "nets.batches", "nets.checkpoints", "nets.extraction", "nets.layers", "nets.layouts", "nets.models",
+        "progress", "spec.fingerprints", "spec.hyperparams", "spec.layouts", "spec.replicates"},
     "fetch_weights": {"atomic", "data.download", "nets.models", "progress"},
     "filter_scores": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
@@ -35,11 +35,12 @@ TRACKED = {
         "spec.layouts", "spec.metric_kinds"},
     "findings": {
         "atomic", "engine.bootstrap", "engine.filterwise", "engine.linalg", "engine.metrics", "engine.stats",
-        "finite", "progress", "report.findings", "report.replicas", "report.tables", "spec.metric_kinds"},
+        "finite", "progress", "report.findings", "report.recipes", "report.replicas", "report.tables",
+        "spec.metric_kinds", "spec.recipe_names"},
     "finetune_epoch": {
         "atomic", "data.datasets", "data.download", "data.prefetch", "engine.linalg", "finite",
-        "nets.batches", "nets.checkpoints", "nets.models", "nets.training", "progress", "spec.fingerprints",
-        "spec.hyperparams", "spec.replicates"},
+        "nets.batches", "nets.checkpoints", "nets.models", "nets.recipes", "nets.training", "progress",
+        "spec.fingerprints", "spec.hyperparams", "spec.replicates"},
     "layer_stats": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
         "engine.metrics", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
@@ -52,6 +53,10 @@ TRACKED = {
         "atomic", "data.download", "data.stores", "engine.linalg", "engine.noise", "engine.stats", "finite",
         "progress", "spec.layouts"},
     "prepare_dataset": {"atomic", "data.datasets", "data.prefetch", "progress", "spec.fingerprints"},
+    "recipes": {
+        "atomic", "engine.bootstrap", "engine.filterwise", "engine.linalg", "engine.metrics", "engine.stats",
+        "finite", "progress", "report.figures", "report.findings", "report.recipe_figure", "report.recipes",
+        "report.tables", "spec.metric_kinds", "spec.recipe_names"},
     "replicate_filter_scores": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
         "engine.metrics", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
@@ -78,8 +83,8 @@ TRACKED = {
         "atomic", "data.datasets", "data.download", "data.prefetch", "data.stores", "engine.bootstrap",
         "engine.filterwise", "engine.linalg", "engine.metrics", "engine.similarity", "engine.stats", "finite",
         "nets.layers", "nets.layouts", "nets.models", "nets.receptive_field", "nets.unit_fields", "progress",
-        "report.figures", "report.heatmaps", "report.patches", "report.units", "report.visualize", "spec.columns",
-        "spec.fingerprints", "spec.layouts", "spec.metric_kinds"},
+        "report.figures", "report.heatmaps", "report.patches", "report.units", "report.visualize",
+        "spec.columns", "spec.fingerprints", "spec.layouts", "spec.metric_kinds"},
 }
 
 

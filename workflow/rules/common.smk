@@ -11,7 +11,8 @@ from featdyn import FeatdynError
 from featdyn.spec import config as fdconfig
 from featdyn.spec import fingerprints, paths
 from featdyn.engine.bootstrap import BootstrapSpec
-from featdyn.spec.hyperparams import epoch_params, training_config
+from featdyn.spec.hyperparams import epoch_params, fresh_optimizer, training_config
+from featdyn.spec.recipes import reads_reference
 from featdyn.spec.replicates import REP_PATTERN, rep_index, rep_suffix, replicate_pairs, replicates_of
 
 if workflow.is_main_process:
@@ -176,8 +177,13 @@ def finetune_inputs(wildcards):
         inputs["weights"] = paths.WEIGHTS.format(model=wildcards.model)
     else:
         inputs["previous"] = checkpoint_file(wildcards.model, wildcards.dataset, epoch - 1, rep)
-    if epoch >= 2:  # epoch 1 starts a fresh optimizer: epoch 0's state is read by no job
+    training = training_params(wildcards)
+    # epoch 1 (and the first after LP-FT's probe phase) starts a fresh optimizer: no state read
+    if epoch >= 1 and not fresh_optimizer(training, epoch):
         inputs["previous_state"] = resume_file(wildcards.model, wildcards.dataset, epoch - 1, rep)
+    if reads_reference(training, epoch):  # lr_from: the reference run's score file (featdyn.spec.recipes)
+        ref = training["lr_from"]
+        inputs["reference"] = paths.SCORES.format(metric=ref["metric"], model=ref["model"], dataset=wildcards.dataset)
     return inputs
 
 
@@ -345,3 +351,15 @@ VISUAL_FIGURES = [
     for m, d in RUNS
     for ext in ("png", "pdf")
 ]
+
+# Fine-tuning recipes side by side (workflow/rules/recipes.smk): entries of one architecture with
+# different training blocks; the recipe table and figure exist only where there are such groups.
+from featdyn.spec.recipe_names import recipe_groups, recipe_label
+
+RECIPE_GROUPS = recipe_groups(config["models"])
+RECIPE_MODELS = [m for group in RECIPE_GROUPS.values() for m in group]
+RECIPE_LABELS = {m: {d: recipe_label(training_config(config, m, d)) for d in DATASETS} for m in RECIPE_MODELS}
+RECIPE_KEYS = [[s, m, d] for s in METRICS for m in RECIPE_MODELS for d in DATASETS]
+RECIPE_OUTPUTS = (
+    [paths.TABLE.format(name="recipes", ext="csv"), paths.RECIPE_FIGURE.format(ext="png")] if RECIPE_GROUPS else []
+)

@@ -89,6 +89,7 @@ rule findings:
         replicates=ALL_REPLICATES,
         table2="results/tables/table2_reusability.csv",
         correlation="results/tables/metric_correlation.csv",
+        recipes=RECIPE_OUTPUTS[:1],
     output:
         md=report("results/summary.md", caption="../report/findings.rst", category="1 Findings"),
         rst="results/report/findings.rst",

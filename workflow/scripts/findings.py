@@ -19,6 +19,11 @@ header = (f"Models {', '.join(f'{m} ({a})' for m, a in p.models.items())}; datas
           f"excludes 0.")
 found = findings(numbers)
 noise = noise_floor(numbers)
+recipes = snakemake.input.get("recipes")  # recipes of one architecture side by side: [] or [the table]
+if recipes:
+    from featdyn.report.recipes import recipe_findings
+
+    found += recipe_findings(pd.read_csv(recipes if isinstance(recipes, str) else recipes[0]))
 write_text(snakemake.output.md, to_markdown(found, header, noise))
 write_text(snakemake.output.rst, to_rst(found, header, noise))
 for f in found:

@@ -31,6 +31,7 @@ from torch import nn
 
 from featdyn import FeatdynError
 from featdyn.engine.linalg import pick_device
+from featdyn.nets import recipes
 from featdyn.nets.batches import Normalizer, iterate_batches, loader_workers
 from featdyn.nets.checkpoints import (
     check_weights,
@@ -42,7 +43,7 @@ from featdyn.nets.checkpoints import (
 )
 from featdyn.nets.models import build_source_model
 from featdyn.progress import Progress
-from featdyn.spec.hyperparams import TrainConfig, epoch_params
+from featdyn.spec.hyperparams import TrainConfig, epoch_params, fresh_optimizer
 
 if TYPE_CHECKING:  # datasets needs pandas; the training loop itself does not
     from featdyn.data.datasets import ImageCache
@@ -60,14 +61,17 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
-    """Adam or SGD over every parameter (full fine-tuning); fused Adam kernels on CUDA."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None,
+                   groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """Adam or SGD over every parameter (full fine-tuning), or over a recipe's parameter ``groups``
+    (:func:`featdyn.nets.recipes.param_groups`); fused Adam kernels on CUDA."""
+    params = model.parameters() if groups is None else groups
     if cfg.optimizer == "adam":
         fused = device is not None and device.type == "cuda"
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 **({"fused": True} if fused else {}))
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise FeatdynError(f"training.optimizer: unknown optimizer {cfg.optimizer!r}; expected 'adam' or 'sgd'")
 
 
@@ -102,7 +106,7 @@ def evaluate(model: nn.Module, norm: Normalizer, cache: ImageCache, split: str, 
 def train_one_epoch(model: nn.Module, norm: Normalizer, optimizer: torch.optim.Optimizer, cache: ImageCache,
                     cfg: TrainConfig, epoch: int, device: torch.device, workers: int = 1) -> dict[str, float]:
     """One pass over the training split; returns the running train loss, accuracy and images/s."""
-    model.train()
+    recipes.train_mode(model, cfg, epoch)  # model.train(), frozen BatchNorm kept in eval mode
     rows = cache.indices("train")
     rows = rows[epoch_order(len(rows), cfg.seed, epoch)]
     n_batches = math.ceil(len(rows) / cfg.batch_size)
@@ -220,19 +224,22 @@ def _epoch(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None
 
 def resume(previous: str | os.PathLike, epoch: int, arch: str, num_classes: int, cfg: TrainConfig,
            device: torch.device, width: float = 1.0,
-           previous_state: str | os.PathLike | None = None) -> tuple[nn.Module, torch.optim.Optimizer]:
+           previous_state: str | os.PathLike | None = None,
+           distances: dict[str, float] | None = None) -> tuple[nn.Module, torch.optim.Optimizer]:
     """Model and optimizer of checkpoint ``previous`` (epoch ``epoch - 1``) on ``device``: where epoch
     ``epoch`` starts. From epoch 2 on the optimizer state comes from ``previous_state`` (default:
-    :func:`resume_path`); epoch 1 starts a fresh optimizer, as the uninterrupted loop does."""
+    :func:`resume_path`); epoch 1 (and the first epoch after LP-FT's probe phase) starts a fresh
+    optimizer, as the uninterrupted loop does. ``distances``: the reference's, for ``lr_from``."""
     ckpt = load_checkpoint(previous, arch, num_classes, width)
     if ckpt["epoch"] != epoch - 1:
         raise FeatdynError(f"checkpoint {previous} is epoch {ckpt['epoch']}, expected {epoch - 1}")
     if ckpt["seed"] != cfg.seed:
         raise FeatdynError(f"checkpoint {previous} was trained with seed {ckpt['seed']}, the config says "
                            f"{cfg.seed}: the data order would change mid-run; rerun from epoch 0")
-    state = load_resume_state(previous_state or resume_path(previous), epoch - 1, cfg.seed) if epoch >= 2 else None
+    fresh = fresh_optimizer(asdict(cfg), epoch)
+    state = None if fresh else load_resume_state(previous_state or resume_path(previous), epoch - 1, cfg.seed)
     model = _place(model_from_checkpoint(ckpt), device, cfg)
-    optimizer = make_optimizer(model, cfg, device)
+    optimizer = make_optimizer(model, cfg, device, recipes.param_groups(model, cfg, epoch, distances))
     if state is not None:
         if state["optimizer"] is None:
             raise FeatdynError(f"resume state of {previous} holds no optimizer state (epoch {epoch - 1})")
@@ -244,7 +251,8 @@ def run_epoch(epoch: int, arch: str, cache: ImageCache, cfg: TrainConfig, out: s
               *, weights_file: str | os.PathLike | None = None, previous: str | os.PathLike | None = None,
               device: torch.device | None = None, width: float = 1.0, threads: int | None = None,
               state_out: str | os.PathLike | None = None,
-              previous_state: str | os.PathLike | None = None) -> dict[str, float]:
+              previous_state: str | os.PathLike | None = None,
+              distances: dict[str, float] | None = None) -> dict[str, float]:
     """Make checkpoint ``epoch`` at ``out`` and its resume state at ``state_out`` (default:
     :func:`resume_path`); return its metrics row (with timings in seconds).
 
@@ -252,7 +260,9 @@ def run_epoch(epoch: int, arch: str, cache: ImageCache, cfg: TrainConfig, out: s
     from epoch 2, its state ``previous_state``). ``threads`` (default: torch's intra-op threads) sizes the
     batch-gathering threads. The checkpoint records the settings it depends on
     (:func:`featdyn.spec.hyperparams.epoch_params`), not the whole block: a later ``epochs`` or learning
-    rate does not make an earlier checkpoint wrong.
+    rate does not make an earlier checkpoint wrong. A recipe (:mod:`featdyn.nets.recipes`) adds
+    what it trained and at which rates under ``recipe``; ``distances`` are the reference's per-layer
+    distances of ``lr_from``.
     """
     t0 = time.perf_counter()
     device, norm = _setup(device, cfg)
@@ -263,12 +273,16 @@ def run_epoch(epoch: int, arch: str, cache: ImageCache, cfg: TrainConfig, out: s
     else:
         if previous is None:
             raise FeatdynError(f"epoch {epoch} needs the checkpoint of epoch {epoch - 1}")
-        model, optimizer = resume(previous, epoch, arch, cache.num_classes, cfg, device, width, previous_state)
+        model, optimizer = resume(previous, epoch, arch, cache.num_classes, cfg, device, width, previous_state,
+                                  distances)
     setup_s = time.perf_counter() - t0
     row = _epoch(epoch, model, optimizer, norm, cache, cfg, device, workers)
     t1 = time.perf_counter()
     meta = {"arch": arch, "width": width, "num_classes": cache.num_classes, "epoch": epoch, "seed": cfg.seed,
             "classes": list(cache.classes)}
+    recipe = recipes.describe(model, cfg, epoch, distances)
+    if recipe is not None:  # only then: a plain run's checkpoints stay as they were
+        meta["recipe"] = recipe
     save_checkpoint(out, model, optimizer, meta | {"metrics": row, "config": epoch_params(asdict(cfg), epoch)},
                     state_path=state_out or resume_path(out))
     row |= {"setup_s": setup_s, "save_s": time.perf_counter() - t1}
@@ -276,14 +290,16 @@ def run_epoch(epoch: int, arch: str, cache: ImageCache, cfg: TrainConfig, out: s
 
 
 def fine_tune(arch: str, cache: ImageCache, cfg: TrainConfig, weights_file: str | os.PathLike, *,
-              device: torch.device | None = None, width: float = 1.0,
-              workers: int = 1) -> tuple[nn.Module, list[dict[str, float]]]:
+              device: torch.device | None = None, width: float = 1.0, workers: int = 1,
+              distances: dict[str, float] | None = None) -> tuple[nn.Module, list[dict[str, float]]]:
     """Epochs 0..``cfg.epochs`` in one uninterrupted loop, without checkpoints: the reference that a
     chain of :func:`run_epoch` jobs reproduces bit for bit (on a CPU)."""
     device, norm = _setup(device, cfg)
     model = _place(_source_model(arch, weights_file, cache, cfg, width), device, cfg)
     rows = [{"epoch": 0, **_epoch(0, model, None, norm, cache, cfg, device, workers)}]
-    optimizer = make_optimizer(model, cfg, device)
+    optimizer = None
     for epoch in range(1, cfg.epochs + 1):
+        if fresh_optimizer(asdict(cfg), epoch):
+            optimizer = make_optimizer(model, cfg, device, recipes.param_groups(model, cfg, epoch, distances))
         rows.append({"epoch": epoch, **_epoch(epoch, model, optimizer, norm, cache, cfg, device, workers)})
     return model, rows

@@ -190,6 +190,10 @@ def check(config: dict, base: str | Path = ".") -> None:
 
     attempt(check_visualize, config)
 
+    from featdyn.spec.recipes import check_recipes
+
+    attempt(check_recipes, config)
+
     for model in config["models"]:
         for dataset in config["datasets"]:
             attempt(replicates_of, config, model, dataset)

@@ -23,6 +23,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EPOCH0_KEYS = ("seed", "mean", "std", "bf16", "channels_last")  # epoch 0 onwards
 OPTIMISATION_KEYS = ("batch_size", "lr", "optimizer", "momentum", "weight_decay", "grad_clip")  # epochs >= 1
 RUN_ONLY_KEYS = ("epochs", "eval_batch_size", "extra")  # no checkpoint depends on these
+# Fine-tuning recipes (featdyn.nets.recipes): epochs >= 1, and only where they are set, so that a
+# block without them gives the same params and checkpoints as before they existed.
+RECIPE_KEYS = ("freeze", "freeze_bn", "probe_epochs", "layer_lr", "lr_from")
+RECIPE_DEFAULTS = {"freeze": None, "freeze_bn": True, "probe_epochs": 0, "layer_lr": None, "lr_from": None}
+# lr_from's parameters and their defaults (docs/design.md, "Recipes"): the reference's last epoch,
+# multipliers proportional to the distances (power 1), never below 1% of the base lr.
+LR_FROM_DEFAULTS = {"metric": None, "epoch": "last", "power": 1.0, "floor": 0.01}
 
 
 @dataclass
@@ -42,6 +49,11 @@ class TrainConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     seed: int = 0
+    freeze: list[str] | str | None = None
+    freeze_bn: bool = True
+    probe_epochs: int = 0
+    layer_lr: dict | None = None
+    lr_from: dict | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -63,7 +75,53 @@ def epoch_params(training: dict, epoch: int) -> dict:
     out = {k: list(training[k]) if isinstance(training[k], tuple) else training[k] for k in keys}
     if epoch >= 1 and out["optimizer"] != "sgd":
         out.pop("momentum")
+    if epoch >= 1:
+        out |= recipe_params(training, epoch)
     return out
+
+
+def is_recipe(training: dict) -> bool:
+    """Whether a training block sets any recipe option (otherwise: every layer, one learning rate)."""
+    return any(training.get(k, v) != v for k, v in RECIPE_DEFAULTS.items() if k != "freeze_bn")
+
+
+def probing(training: dict, epoch: int) -> bool:
+    """Whether epoch ``epoch`` (>= 1) is in the linear-probe phase of LP-FT (the head alone trains)."""
+    return 1 <= epoch <= (training.get("probe_epochs") or 0)
+
+
+def recipe_params(training: dict, epoch: int) -> dict:
+    """The recipe options epoch ``epoch`` (>= 1) depends on; empty for full fine-tuning.
+
+    In the probe phase of LP-FT (epochs 1..m) only the head trains, at the base lr: those epochs
+    depend on the phase and on ``freeze_bn``, not on m, ``freeze``, ``layer_lr`` or ``lr_from``, so
+    raising m or editing the later phase keeps them. After it, every option that is set counts.
+    """
+    if not is_recipe(training):
+        return {}
+    bn = {"freeze_bn": bool(training.get("freeze_bn", True))}
+    if probing(training, epoch):
+        return {"probe": True} | bn
+    out = {k: training[k] for k in ("probe_epochs", "freeze", "layer_lr") if training.get(k) not in (None, 0)}
+    if isinstance(out.get("freeze"), tuple):
+        out["freeze"] = list(out["freeze"])
+    if training.get("lr_from"):
+        out["lr_from"] = lr_from_block(training["lr_from"])
+    if out.get("freeze"):
+        out |= bn
+    return out
+
+
+def lr_from_block(block: dict) -> dict:
+    """An ``lr_from`` block with its defaults filled in (the metric is resolved by the config)."""
+    return {"model": block["model"]} | {k: block.get(k, v) for k, v in LR_FROM_DEFAULTS.items()}
+
+
+def fresh_optimizer(training: dict, epoch: int) -> bool:
+    """Whether epoch ``epoch`` (>= 1) starts a fresh optimizer: epoch 1, and the first epoch after
+    LP-FT's probe phase. It then needs the previous epoch's weights only, not its resume state."""
+    m = training.get("probe_epochs") or 0
+    return epoch == 1 or (m > 0 and epoch == m + 1)
 
 
 def training_config(config: dict, model: str, dataset: str, replicate: int = 0) -> dict:
@@ -76,4 +134,15 @@ def training_config(config: dict, model: str, dataset: str, replicate: int = 0) 
         cfg |= block
     if replicate:
         cfg["seed"] = replicate_seed(cfg["seed"], replicate)
+    if cfg.get("lr_from"):
+        cfg["lr_from"] = lr_from_block(cfg["lr_from"])
+        if cfg["lr_from"]["metric"] is None:
+            cfg["lr_from"]["metric"] = default_lr_from_metric(config)
     return cfg
+
+
+def default_lr_from_metric(config: dict) -> str | None:
+    """lr_from's default metric: the first layer-granularity metric of the config (else the first)."""
+    metrics = list(config.get("metrics") or {})
+    layer = [m for m in metrics if (config["metrics"][m] or {}).get("granularity", "layer") == "layer"]
+    return (layer or metrics or [None])[0]

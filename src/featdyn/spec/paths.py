@@ -40,5 +40,6 @@ REPORT_FINDINGS = "results/report/findings.rst"
 SIMILARITY_FIGURE = "results/figures/similarity_{model}.{ext}"
 VISUAL_FIGURE = "results/figures/{kind}_{model}_{dataset}.{ext}"
 UNITS = "results/figures/units_{model}_{dataset}.csv"
+RECIPE_FIGURE = "results/figures/recipes.{ext}"
 
 TEMPLATES = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, str)}
