@@ -85,8 +85,14 @@ def hooked(workdir, model: str, epoch: int, layer: str) -> np.ndarray:
     return seen[0].numpy().astype(np.float64)
 
 
-def score(workdir, metric: str, model: str, layer: str, epoch: int = 1) -> float:
+def source_scores(workdir, metric: str, model: str) -> pd.DataFrame:
+    """The score file's distances to the source model (not the permutation null's rows)."""
     df = pd.read_csv(workdir / f"results/scores/{metric}/{model}/colours.csv")
+    return df[df["comparison"] == "source"]
+
+
+def score(workdir, metric: str, model: str, layer: str, epoch: int = 1) -> float:
+    df = source_scores(workdir, metric, model)
     return float(df[(df["layer"] == layer) & (df["epoch"] == epoch)]["value"].iloc[0])
 
 
@@ -127,7 +133,7 @@ def test_vit_token_layers_patches_cls_and_mean(arch_run):
     for layer in AUTO["swin"]:
         assert score(arch_run, "procrustes_cls", "swin", layer) == score(arch_run, "procrustes", "swin", layer)
     # bootstrap intervals resample images (2 groups here), never tokens: intervals exist
-    scores = pd.read_csv(arch_run / "results/scores/procrustes_cls/vit/colours.csv")
+    scores = source_scores(arch_run, "procrustes_cls", "vit")
     assert scores[scores["epoch"] == 1][["ci_low", "ci_high"]].notna().all().all()
 
 
@@ -149,7 +155,7 @@ def test_every_family_end_to_end_with_layers_auto(arch_run):
     """layers: auto, every stage, the figures: token patches for ViT, measured fields for Swin,
     exact ones (through ConvNeXt's permutes and channel norms) for ConvNeXt."""
     for model, layers in AUTO.items():
-        scores = pd.read_csv(arch_run / f"results/scores/procrustes/{model}/colours.csv")
+        scores = source_scores(arch_run, "procrustes", model)
         assert list(dict.fromkeys(scores["layer"])) == layers, model
         assert scores["value"].notna().all() and (scores[scores["epoch"] == 0]["value"].abs() < 1e-9).all()
         units = pd.read_csv(arch_run / f"results/figures/units_{model}_colours.csv")

@@ -56,7 +56,7 @@ TRACKED = {
     "recipes": {
         "atomic", "engine.bootstrap", "engine.filterwise", "engine.linalg", "engine.metrics", "engine.stats",
         "finite", "progress", "report.figures", "report.findings", "report.recipe_figure", "report.recipes",
-        "report.tables", "spec.metric_kinds", "spec.recipe_names"},
+        "report.replicas", "report.tables", "spec.metric_kinds", "spec.recipe_names"},
     "replicate_filter_scores": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
         "engine.metrics", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",

@@ -5,6 +5,7 @@ from featdyn.engine.bootstrap import BootstrapSpec, Replicates
 from featdyn.progress import job_setup
 from featdyn.report.recipe_figure import recipe_figure
 from featdyn.report.recipes import recipe_caption, recipe_layout, recipe_table
+from featdyn.report.replicas import source_rows
 from featdyn.report.tables import html_page, to_html, to_markdown
 
 log = job_setup(snakemake.log[0], name="recipes")
@@ -12,7 +13,8 @@ p, inp, out = snakemake.params, snakemake.input, snakemake.output
 spec = BootstrapSpec.from_config(p.bootstrap)
 table = recipe_table(
     pd.read_csv(inp.accuracy),
-    pd.concat([pd.read_csv(path) for path in inp.scores], ignore_index=True),
+    # distances to the source (the replicates' mean), not the noise floor's or the null's rows
+    source_rows(pd.concat([pd.read_csv(path) for path in inp.scores], ignore_index=True)),
     {tuple(key): Replicates.load(path) for key, path in zip(p.replicate_keys, inp.replicates)},
     p.groups, p.labels, p.metrics, spec.level, spec.interval)
 write_csv(table, out.csv)
