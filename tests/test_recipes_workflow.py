@@ -65,8 +65,9 @@ def dry_run_inputs(run, config) -> dict[tuple, list[str]]:
 
 
 def scores(run, model) -> list[dict]:
+    """The distances to the source model (not the permutation null's or the replicates' rows)."""
     with open(run / f"results/scores/procrustes/{model}/colours.csv", newline="") as f:
-        return list(csv.DictReader(f))
+        return [r for r in csv.DictReader(f) if r.get("comparison", "source") == "source"]
 
 
 def test_the_lr_from_chain_waits_for_the_reference_score_file(recipe_run):
