@@ -24,10 +24,10 @@ import argparse
 import os
 import platform
 import tempfile
-import time
 
 import numpy as np
 import torch
+from bench_bootstrap import best_of  # the same best-of-n wall timer
 
 from featdyn.data.stores import StoreWriter, open_store
 from featdyn.engine.metrics import from_stats
@@ -55,15 +55,6 @@ def write(path: str, values: np.ndarray, epoch: int, chunk: int = 32) -> None:
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
             w.write(lo, {LAYER: values[lo:hi]}, np.zeros(hi - lo, np.int64), np.arange(lo, hi))
-
-
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def metrics_of(stats) -> None:
@@ -99,7 +90,7 @@ def main() -> None:
         def null():
             metrics_of(null_stats_from_store(paths["source"], side, 1, 0)[LAYER][0])
 
-        t = {name: best(fn, args.repeats) for name, fn in (("source", source), ("pair", pair), ("null", null))}
+        t = {name: best_of(fn, args.repeats) for name, fn in (("source", source), ("pair", pair), ("null", null))}
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"1 thread; {n} images x {c} channels x {s}x{s} (n = {n * s * s} observations), float32 zstd-1 stores")
     for name in ("source", "pair", "null"):
