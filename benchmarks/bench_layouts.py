@@ -10,7 +10,7 @@ Part 1, capture: featdyn's capture of a ViT-B/16 token layer (encoder.layers.enc
 extraction runs it, against a plain forward hook that clones the output as it is, in the same run,
 alternately (median of --repeats). Random initialisation (the cost does not depend on the weights).
 
-Part 2, statistics: the float64 statistics (featdyn.engine.stats.Accumulator, X and Y) of the
+Part 2, statistics: the float64 statistics (featdyn.engine.stats.Accumulator, X and Y, on --device) of the
 ViT layer's 196 patch tokens per image (its stored grid) against a CNN map of the same
 observations x channels ((N, 768, 14, 14), random), and the `tokens: mean` reading (one row per
 image).
@@ -98,15 +98,19 @@ def main() -> None:
     layer = "encoder.layers.encoder_layer_5"
     record = model_layouts(model, [layer], 224)[layer]
     x = torch.randn(args.batch, 3, 224, 224, device=dev)
-    grid = featdyn_capture(model, layer, x, record)[layer]
+    # the statistics run where the score jobs run them: on the device (the capture lands on the host)
+    grid = featdyn_capture(model, layer, x, record)[layer].to(dev)
     grid2 = grid + 0.1 * torch.randn_like(grid)
     cnn, cnn2 = torch.randn_like(grid).relu(), torch.randn_like(grid).relu()
     mean, mean2 = grid.double().mean((2, 3)), grid2.double().mean((2, 3))
 
     def stats(a, b):
-        acc = Accumulator("cpu")
+        acc = Accumulator(dev)
         acc.update(a, b)
-        return acc.pair()
+        out = acc.pair()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return out
 
     stats(grid, grid2)
     ratios, t_tok, t_cnn, t_mean = [], [], [], []

@@ -21,9 +21,8 @@ pytestmark = pytest.mark.workflow
 
 # Small but real, random initialisation, no `layers:` (layers: auto): Swin-T, ConvNeXt-T at a
 # quarter and ViT-B/16 at a sixteenth of their width, at 224 px (a torchvision ViT takes exactly the
-# image size it was built for). CNNs without a preset (EfficientNet, RegNet, ResNet-18) are
-# checked on the meta device (tests/test_layouts.py): EfficientNet-B0's 1280-channel last layer alone
-# made this run minutes longer.
+# image size it was built for). The CNNs without a paper preset run in a second, 64 px run
+# (`cnn_run`): they take any image size, and 224 px would only make it slower.
 MODELS = {
     "swin": {"arch": "swin_t", "weights": None, "width": 0.25},
     "vit": {"arch": "vit_b_16", "weights": None, "width": 0.0625},
@@ -34,6 +33,17 @@ AUTO = {"swin": ["features.1.1", "features.3.1", "features.5.5", "norm"],
         "vit": [f"encoder.layers.encoder_layer_{i}" for i in (2, 5, 8, 11)] + ["encoder.ln"],
         "convnext": ["features.1.2", "features.3.2", "features.5.8", "features.7.2"],
         "tvit": ["blocks.2", "blocks.5", "blocks.8", "blocks.11", "norm"]}
+
+
+# CNNs without a paper preset, at full width (EfficientNet and RegNet have no width multiplier), 64 px.
+CNNS = {
+    "resnet": {"arch": "resnet18", "weights": None},
+    "effnet": {"arch": "efficientnet_b0", "weights": None},
+    "regnet": {"arch": "regnet_y_400mf", "weights": None},
+}
+CNN_AUTO = {"resnet": ["relu", "layer1.1", "layer2.1", "layer3.1", "layer4.1"],
+            "effnet": ["features.1.0", "features.2.1", "features.3.1", "features.5.2", "features.8"],
+            "regnet": ["stem.2"] + [f"trunk_output.block{b}.block{b}-{i}" for b, i in ((1, 0), (2, 2), (3, 5), (4, 5))]}
 
 
 def arch_config(tmp, models=MODELS, **over) -> dict:
@@ -61,6 +71,20 @@ def arch_run(tmp_path_factory, offline_torch_home):
     workdir = tmp_path_factory.mktemp("arch_run")
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(arch_config(workdir)))
+    snakemake(workdir, "--configfile", str(path), "--cores", "2")
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def cnn_run(tmp_path_factory, offline_torch_home):
+    """One complete run of the CNNs without a paper preset (ResNet-18, EfficientNet-B0, RegNetY-400MF)
+    at 64 px, with no `layers:`. Bootstrap intervals are off here (they are tested with the run
+    above): EfficientNet's 1280-channel last layer on 16 observations costs a full SVD per resample."""
+    workdir = tmp_path_factory.mktemp("cnn_run")
+    path = workdir / "config.yaml"
+    cfg = arch_config(workdir, models=CNNS, image_size=64, bootstrap={"resamples": 0},
+                      metrics={"procrustes": {"kind": "procrustes"}})
+    path.write_text(yaml.safe_dump(cfg))
     snakemake(workdir, "--configfile", str(path), "--cores", "2")
     return workdir
 
@@ -205,3 +229,29 @@ def test_layout_override_decides_what_no_rule_can():
         decide(net, "out", (18, 8), 16, "NTC:1")
     with pytest.raises(FeatdynError, match="needs a 4-D output"):
         decide(net, "out", (17, 8), 16, "NHWC")
+
+
+def test_cnns_without_a_preset_end_to_end_with_layers_auto(cnn_run):
+    """ResNet-18, EfficientNet-B0 and RegNetY-400MF with no `layers:`: the stage outputs chosen on
+    the meta device, every stage run, exact fields (squeeze-excitation included) in the figures, and
+    a score equal to Procrustes on plain forward-hook features (channels-first: observations are
+    (image, y, x))."""
+    log = (cnn_run / "results/layers_auto.json").read_text()
+    for model, layers in CNN_AUTO.items():
+        assert f"{CNNS[model]['arch']}|1.0|64|" in log, model
+        scores = source_scores(cnn_run, "procrustes", model)
+        assert list(dict.fromkeys(scores["layer"])) == layers, model
+        assert scores["value"].notna().all() and (scores[scores["epoch"] == 0]["value"].abs() < 1e-9).all()
+        assert scores["ci_low"].isna().all(), "bootstrap intervals are off in this run"
+        for layer in (layers[1], layers[-1]):
+            a, b = hooked(cnn_run, model, 0, layer), hooked(cnn_run, model, 1, layer)
+            c = a.shape[1]
+            want = ref_procrustes(a.transpose(0, 2, 3, 1).reshape(-1, c), b.transpose(0, 2, 3, 1).reshape(-1, c))
+            assert score(cnn_run, "procrustes", model, layer) == pytest.approx(want, rel=1e-6, abs=1e-9), (model, layer)
+        units = pd.read_csv(cnn_run / f"results/figures/units_{model}_colours.csv")
+        assert set(units["field"]) == {"exact"}, (model, set(units["field"]))
+        for kind in ("patches", "heatmaps"):
+            assert (cnn_run / f"results/figures/{kind}_{model}_colours.png").stat().st_size > 10_000
+        assert (cnn_run / f"results/figures/similarity_{model}.png").exists()
+    table = pd.read_csv(cnn_run / "results/tables/table2_reusability.csv")
+    assert set(CNNS) <= set(table["model"]), table["model"].unique()

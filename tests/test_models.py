@@ -172,3 +172,58 @@ def test_a_failed_download_is_named(private_torch_home, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(FeatdynError, match=r"cannot fetch weights densenet121.IMAGENET1K_V1 from https://.*unreachable"):
         load_pretrained_state("densenet121", "IMAGENET1K_V1")
+
+
+FETCH_TIMM = """
+import sys, torch
+from featdyn import FeatdynError
+from featdyn.nets.models import fetch_weights
+try:
+    fetch_weights(sys.argv[1], sys.argv[2], sys.argv[3])
+except FeatdynError as exc:
+    print("FeatdynError:", exc)
+    sys.exit(3)
+"""
+
+
+def test_a_timm_pretrained_tag_comes_through_timms_cache_offline(tmp_path):
+    """`weights: <tag>` of a timm model is read through timm's own cache (the Hugging Face hub's), as
+    torchvision's names come through torch.hub's: a cache filled beforehand (here by hand, in the
+    hub's layout, with a seeded state) is read with the hub offline; an empty cache gives a message
+    naming the weights and what to do. Each case runs in a fresh process, as the fetch_weights job
+    does (the hub reads HF_HOME and HF_HUB_OFFLINE when it is imported)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+    timm = pytest.importorskip("timm")
+
+    arch, tag = "timm/vit_tiny_patch16_224", "augreg_in21k_ft_in1k"
+    torch.manual_seed(1)
+    state = {k: v.contiguous() for k, v in timm.create_model(arch[5:], pretrained=False).state_dict().items()}
+    repo = tmp_path / "hf" / "hub" / f"models--timm--{arch[5:]}.{tag}"
+    commit = "0" * 40
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file(state, str(repo / "snapshots" / commit / "model.safetensors"), metadata={"format": "pt"})
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+    def fetch(home):
+        env = os.environ | {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+        return subprocess.run([sys.executable, "-c", FETCH_TIMM, arch, tag, str(tmp_path / "w.pt")],
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    proc = fetch(tmp_path / "hf")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    saved = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert (saved["arch"], saved["weights"]) == (arch, tag)
+    assert saved["state_dict"].keys() == state.keys()
+    assert all(torch.equal(saved["state_dict"][k], v) for k, v in state.items()), "the cached weights, unchanged"
+    (tmp_path / "w.pt").unlink()
+    proc = fetch(tmp_path / "empty")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert f"cannot fetch timm weights {arch[5:]}.{tag}" in proc.stdout
+    assert "fetch_weights" in proc.stdout and "HF_HOME" in proc.stdout
+    assert not (tmp_path / "w.pt").exists()
+    with pytest.raises(FeatdynError, match=r"unknown timm pretrained tag 'in1k'.*augreg_in21k_ft_in1k"):
+        resolve_weights(arch, "in1k")

@@ -42,13 +42,14 @@ def scramble_global_rngs(salt: int) -> None:
 
 def chain(tmp, arch, width, cache, cfg, upto):
     """Epoch jobs 0..upto, each from the previous one's checkpoint file, as the workflow runs them."""
-    weights = tmp / f"{arch}.pt"
+    name = arch.replace("/", "_")  # timm/<model>
+    weights = tmp / f"{name}.pt"
     if not weights.exists():
         fetch_weights(arch, None, weights, seed=0, width=width)
     rows, previous = [], None
     for epoch in range(upto + 1):
         scramble_global_rngs(epoch)  # each job is a fresh process: nothing may carry over but the checkpoint
-        out = tmp / f"{arch}_epoch_{epoch}.pt"
+        out = tmp / f"{name}_epoch_{epoch}.pt"
         rows.append(run_epoch(epoch, arch, cache, cfg, out, weights_file=weights, previous=previous,
                               device=CPU, width=width))
         previous = out
@@ -157,6 +158,57 @@ def test_bf16_and_channels_last_switches_run_on_cpu(tmp_path, cache):
     assert not any(t.is_meta for t in model.state_dict().values())
     auto = TrainConfig(**CFG)
     assert (auto.bf16, auto.channels_last) == ("auto", "auto")
+
+
+@pytest.fixture(scope="module")
+def cache224(tmp_path_factory) -> ImageCache:
+    """A torchvision ViT takes exactly the image size it was built for (a timm ViT by default too)."""
+    tmp = tmp_path_factory.mktemp("data224")
+    make_tree(tmp / "tree", classes=2, per_class=4, size=20)
+    prepare(tmp / "tree", tmp / "prepared", 224, SplitSpec(test_fraction=0.25, probe_per_class=1), threads=2)
+    return ImageCache(tmp / "prepared")
+
+
+# Every family beyond the paper's CNNs: its head replaced, a training epoch in bf16 autocast with a
+# channels-last model, on the CPU (the CUDA speed path, forced on). Widths as the architecture run.
+FAMILIES = [("swin_t", 0.25, 32), ("convnext_tiny", 0.25, 32), ("efficientnet_b0", 1.0, 32),
+            ("regnet_y_400mf", 1.0, 32), ("vit_b_16", 1 / 16, 224), ("timm/vit_tiny_patch16_224", 1.0, 224)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, width, size", FAMILIES, ids=[a.replace("/", "_") for a, _, _ in FAMILIES])
+def test_every_family_fine_tunes_in_bf16_and_channels_last(tmp_path, cache, cache224, monkeypatch, arch, width,
+                                                           size):
+    from featdyn.nets import training
+    from featdyn.nets.models import head_path
+
+    data = cache if size == 32 else cache224
+    dtypes, layouts = [], []
+    logits = training._logits
+    monkeypatch.setattr(training, "_logits", lambda out: dtypes.append(logits(out).dtype) or logits(out))
+    place = training._place
+
+    def placed(model, device, cfg):
+        model = place(model, device, cfg)
+        convs = [p for p in model.parameters() if p.ndim == 4 and p.shape[-1] > 1]
+        layouts.append(all(p.is_contiguous(memory_format=torch.channels_last) for p in convs) if convs else None)
+        return model
+
+    monkeypatch.setattr(training, "_place", placed)
+    cfg = TrainConfig(**CFG | {"epochs": 1, "batch_size": 3, "eval_batch_size": 3, "bf16": True,
+                               "channels_last": True})
+    rows, last = chain(tmp_path, arch, width, data, cfg, upto=1)
+    assert np.isfinite(rows[-1]["train_loss"]) and 0 <= rows[-1]["test_acc"] <= 100
+    assert dtypes and set(dtypes) == {torch.bfloat16}, "every forward pass ran under bf16 autocast"
+    assert layouts and all(layouts), "the model was placed channels-last"
+    tuned = model_from_checkpoint(load_checkpoint(last))
+    source = model_from_checkpoint(load_checkpoint(last.with_name(last.name.replace("_1.pt", "_0.pt"))))
+    head = head_path(tuned)
+    assert tuned.get_submodule(head).weight.shape[0] == data.num_classes
+    assert tuned.get_submodule(head).weight.dtype == torch.float32, "weights stay float32 under autocast"
+    changed = [k for k, v in tuned.state_dict().items() if v.is_floating_point()
+               and not torch.equal(v, source.state_dict()[k])]
+    assert any(not k.startswith(head + ".") for k in changed), "the backbone was fine-tuned, not only the head"
 
 
 def test_batches_come_exactly_from_the_cache_in_the_asked_order(cache):

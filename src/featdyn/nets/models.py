@@ -352,7 +352,8 @@ def load_pretrained_state(arch: str, weights: str | None, seed: int = 0,
             return _timm().create_model(full, pretrained=True).state_dict()
         except Exception as exc:  # noqa: BLE001 - network, hub and file errors alike
             raise FeatdynError(f"cannot fetch timm weights {full}: {exc} (without internet, run the fetch_weights "
-                               f"rule where there is)") from exc
+                               f"rule where there is; timm keeps them in the Hugging Face cache, $HF_HOME, by "
+                               f"default ~/.cache/huggingface)") from exc
     enum = resolve_weights(arch, weights)
     path = cached_weights_path(enum)
     if path.is_file():  # verify before unpickling: a corrupt file must fail with its name
