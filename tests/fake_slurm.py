@@ -5,7 +5,8 @@ Called as ``fake_slurm.py <command> <args...>`` by small wrappers named sbatch, 
 scancel, sinfo and scontrol on PATH. State lives in $FAKE_SLURM_DIR: ``calls.jsonl`` (one line per
 call) and ``jobs.jsonl`` (one line per job: id, name, state). $FAKE_SLURM_OOM = ``<rule>:<MB>``
 makes a job of that rule that asks for less memory fail as OUT_OF_MEMORY without running, as a
-cluster kills a job over its memory.
+cluster kills a job over its memory. $FAKE_SLURM_NODES replaces sinfo's node lines
+(``partition|CPUs|MB|GRES|time limit``, one per line).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def main() -> int:
         return srun(args)
     if name in ("sacct", "squeue"):
         return status(args)
-    if name == "sinfo" and "%P|%c|%m|%G" in args:  # the nodes of each partition (featdyn.cluster)
-        print("cpu*|64|256000|(null)\ngpu|32|512000|gpu:4")
+    if name == "sinfo" and any(a.startswith("%P|%c|%m|%G") for a in args):  # nodes per partition (featdyn.cluster)
+        print(os.environ.get("FAKE_SLURM_NODES", "cpu*|64|256000|(null)|infinite\ngpu|32|512000|gpu:4|2-00:00:00"))
     elif name == "sinfo":
         print("PARTITION\ncpu*\ngpu")
     elif name == "scontrol":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from featdyn import FeatdynError
-from featdyn.cluster import Need, check_fit, gpus_of, parse_sinfo
+from featdyn.cluster import Need, check_fit, gpus_of, minutes_of, parse_sinfo
 
 SINFO = """\
 cpu*|2|32000|(null)
@@ -42,3 +42,26 @@ def test_jobs_that_fit_pass_and_the_others_are_named_with_the_fix():
 def test_no_partitions_no_verdict():
     """sinfo answering nothing usable (no partition parsed): nothing is refused."""
     check_fit([Need("prepare_dataset", 64, 4000, 0)], parse_sinfo("PARTITION\ncpu*\ngpu\n"))
+
+
+def test_time_limits_are_read_in_every_sinfo_form():
+    assert [minutes_of(t) for t in ("infinite", "UNLIMITED", "n/a", "30", "30:00", "2:00:00", "1-00:00:00",
+                                    "2-12", "1-01:30", "0:30:01")] == \
+        [None, None, None, 30, 30, 120, 1440, 3600, 1530, 31]
+
+
+def test_a_job_longer_than_every_partition_allows_is_named():
+    """SLURM keeps a job whose --time exceeds its partition's limit pending (PartitionTimeLimit): a
+    group job's wall time adds up its jobs run one after the other."""
+    parts = parse_sinfo("cpu*|64|256000|(null)|infinite\ngpu|32|512000|gpu:2|4:00:00\ngpu|32|512000|gpu:2|4:00:00\n")
+    assert (parts["cpu"].time_min, parts["gpu"].time_min) == (None, 240)
+    check_fit([Need("finetune_epoch", 8, 12000, 1, 120), Need("table1", 1, 2000, 0, 10_000)], parts)
+    group = "analysis group job (extract, score)"
+    with pytest.raises(FeatdynError) as err:
+        check_fit([Need("finetune_epoch", 8, 12000, 1, 120), Need(group, 2, 4000, 2, 360),
+                   Need(group, 2, 4000, 2, 400)], parts)
+    text = str(err.value)
+    assert f"{group}: asks for 2 threads, 4000 MB, 2 GPU(s), 360 min; largest node per partition: gpu: 32 CPUs, " \
+           "512000 MB, 2 GPUs, time limit 240 min" in text
+    assert text.count(group) == 1 and "finetune_epoch" not in text, "one line per rule"
+    assert "runtime" in text and "resources: gpu: 1" in text and "remove `groups:`" in text

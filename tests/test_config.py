@@ -78,3 +78,33 @@ def test_empty_class_folder_is_named(tmp_path):
 def test_metric_params_fill_defaults():
     assert metric_params(cfg(), "p") == {"kind": "procrustes", "granularity": "layer"}
     assert metric_params(cfg(), "w") == {"kind": "pwsm", "granularity": "layer", "alpha": 0.5}
+
+
+@pytest.mark.filterwarnings("ignore:The default weight initialization of inception_v3:FutureWarning")
+def test_an_image_size_the_model_does_not_take_is_refused_once_by_the_check(tmp_path, monkeypatch):
+    """A torchvision ViT takes exactly its 224 px; Inception's kernels outgrow a 64 px image. Both are
+    found by the check's forward pass on the meta device, before any job runs, not by the model's
+    own assertion in the first fine-tuning job; and each problem is said once."""
+    monkeypatch.chdir(tmp_path)  # `layers: auto` writes results/layers_auto.json here
+    for arch, width, needle in (("vit_b_16", 0.0625, "AssertionError: Wrong image height! Expected 224 but got 64"),
+                                ("inception_v3", 1.0, "Kernel size can't be greater than actual input size")):
+        with pytest.raises(FeatdynError) as err:
+            check(cfg(models__m={"arch": arch, "weights": None, "width": width}, image_size=64))
+        text = str(err.value)
+        assert "models.m.layers:" in text and "does not run on image_size 64" in text and needle in text, text
+        assert text.count("does not run on image_size") == 1, text
+    check(cfg(models__m={"arch": "vit_b_16", "weights": None, "width": 0.0625}, image_size=224))
+    # a width the architecture has no multiplier for: said once (the layers' check meets it again)
+    with pytest.raises(FeatdynError) as err:
+        check(cfg(models__m={"arch": "efficientnet_b0", "weights": None, "width": 0.5}, image_size=64))
+    assert str(err.value).count("reduced widths exist") == 1, str(err.value)
+
+
+def test_a_timm_model_without_weights_is_told_the_default_is_a_torchvision_name(tmp_path, monkeypatch):
+    pytest.importorskip("timm")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FeatdynError, match=r"models.m.weights: unknown timm pretrained tag 'IMAGENET1K_V1'.*"
+                                           r"augreg_in21k_ft_in1k.*a torchvision weights name: a timm model needs "
+                                           r"`weights` given"):
+        check(cfg(models__m={"arch": "timm/vit_tiny_patch16_224"}, image_size=224))
+    check(cfg(models__m={"arch": "timm/vit_tiny_patch16_224", "weights": "augreg_in21k_ft_in1k"}, image_size=224))

@@ -89,6 +89,39 @@ def test_slurm_profile_partitions_gpus_local_rules_and_retry_memory(tiny_run, tm
     assert len(steps) == 2 and sum("--gpus=1" in s for s in steps) == 1, steps
 
 
+def test_a_group_job_larger_than_every_node_is_refused_before_any_submission(tiny_run, tmp_path):
+    """The profile's analysis group job asks for what its jobs running side by side need together:
+    the analysis of (mnet, colours) from its stores on (three extract jobs at once) asks for 2 GPUs
+    (the profile's `resources: gpu: 2`). Each job alone fits a node with one GPU; the group job does
+    not, and SLURM would keep it pending for good. The check sees the group job, names it and the
+    fix, and nothing is submitted; so is a group job longer than the partition's time limit. (The
+    same group job on nodes with two GPUs and no time limit runs on the real cluster:
+    tests/test_slurm_cluster.py.)"""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    env = fake_slurm(tmp_path) | {"FAKE_SLURM_NODES": "cpu*|64|256000|(null)|infinite\ngpu|32|512000|gpu:1|2-00:00:00"}
+    cmd = [str(VENV_BIN / "snakemake"), "--snakefile", str(SNAKEFILE), "--directory", str(run),
+           "--configfile", str(run / "config.yaml"), "--profile", str(REPO / "profiles/slurm"),
+           "--forcerun", "extract", "--", "results/scores/procrustes/mnet/colours.csv"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=run)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "analysis group job" in out and "2 GPU(s)" in out and "resources: gpu" in out, out[-3000:]
+    assert "no partition has nodes with 2 GPU(s)" in out, out[-3000:]
+    calls = (tmp_path / "slurm/calls.jsonl").read_text()
+    assert '"sbatch"' not in calls, "nothing was submitted"
+    # nodes with two GPUs, but a partition time limit of 2 hours: the group job's wall time adds up
+    # the profile's runtimes of its jobs that run one after the other (60 min per extract, 30 per other)
+    env["FAKE_SLURM_NODES"] = "cpu*|64|256000|(null)|infinite\ngpu|32|512000|gpu:2|2:00:00"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=run)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    line = next(x for x in out.splitlines() if "analysis group job" in x)
+    assert "2 GPU(s)" in line and "time limit 120 min" in line, line
+    assert int(re.search(r"(\d+) min;", line).group(1)) > 120, line
+    assert '"sbatch"' not in (tmp_path / "slurm/calls.jsonl").read_text(), "nothing was submitted"
+
+
 def test_every_gpu_rule_can_run_on_a_gpu_partition_and_others_on_a_cpu_one():
     """The partition choice is by resources (partitions.yaml), so it covers rules added later; the
     profile names no partition that would override it."""

@@ -1,9 +1,10 @@
 """Does every cluster job fit a node of the cluster? Checked before anything is submitted.
 
-SLURM accepts a job that asks for more CPUs, memory or GPUs than any node of its partition has and
-leaves it pending for good (Reason=PartitionConfig); Snakemake then waits without a word. The
-workflow (workflow/rules/cluster.smk) asks ``sinfo`` for the nodes of each partition and stops with
-the rules that cannot fit and what to change, before the first submission.
+SLURM accepts a job that asks for more CPUs, memory or GPUs than any node of its partition has, or
+for more time than the partition allows, and leaves it pending for good (Reason=PartitionConfig,
+PartitionTimeLimit); Snakemake then waits without a word. The workflow
+(workflow/rules/cluster.smk) asks ``sinfo`` for the nodes and time limit of each partition and
+stops with the rules that cannot fit and what to change, before the first submission.
 """
 
 from __future__ import annotations
@@ -14,28 +15,32 @@ from dataclasses import dataclass
 
 from . import FeatdynError
 
-# sinfo, one line per node and partition: partition|CPUs|memory (MB)|GRES
-SINFO = ["sinfo", "-h", "-N", "-o", "%P|%c|%m|%G"]
+# sinfo, one line per node and partition: partition|CPUs|memory (MB)|GRES|time limit
+SINFO = ["sinfo", "-h", "-N", "-o", "%P|%c|%m|%G|%l"]
 
 
 @dataclass(frozen=True)
 class Need:
-    """What one job of a rule asks for (first attempt)."""
+    """What one submission asks for (first attempt): a job of ``rule``, or a group job (``rule`` then
+    names the group and its rules)."""
 
     rule: str
     threads: int
     mem_mb: int | None
     gpus: int
+    runtime_min: int | None = None
 
 
 @dataclass
 class Partition:
-    """The largest node of a partition: CPUs, memory (MB) and GPUs."""
+    """The largest node of a partition: CPUs, memory (MB) and GPUs; the partition's time limit in
+    minutes (None: unlimited or not reported)."""
 
     name: str
     cpus: int = 0
     mem_mb: int = 0
     gpus: int = 0
+    time_min: int | None = None
 
 
 def gpus_of(gres: str) -> int:
@@ -48,14 +53,36 @@ def gpus_of(gres: str) -> int:
     return total
 
 
+def minutes_of(limit: str) -> int | None:
+    """Minutes in a SLURM time limit (``infinite``, ``days-hours[:minutes[:seconds]]``,
+    ``[hours:]minutes:seconds``, ``minutes``), rounded up; None for no limit or an unknown form."""
+    limit = limit.strip()
+    days, _, rest = limit.rpartition("-") if "-" in limit else ("0", "", limit)
+    try:
+        d = int(days)
+        parts = [int(x) for x in rest.split(":")]
+    except ValueError:
+        return None  # infinite, UNLIMITED, n/a
+    if "-" in limit:  # days-hours[:minutes[:seconds]]
+        h, m, sec = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        h, m, sec = parts
+    elif len(parts) == 2:  # minutes:seconds
+        h, (m, sec) = 0, parts
+    else:
+        h, m, sec = 0, parts[0], 0
+    return d * 1440 + h * 60 + m + (1 if sec else 0)
+
+
 def parse_sinfo(text: str) -> dict[str, Partition]:
-    """Partitions from the output of :data:`SINFO` (each node's values; the largest node is kept)."""
+    """Partitions from the output of :data:`SINFO` (each node's values; the largest node is kept).
+    Lines without the time limit field (an older format) leave the limit unknown."""
     parts: dict[str, Partition] = {}
     for line in text.splitlines():
         fields = line.strip().split("|")
-        if len(fields) != 4:
+        if len(fields) not in (4, 5):
             continue
-        name, cpus, mem, gres = fields
+        name, cpus, mem, gres = fields[:4]
         name = name.rstrip("*")
         try:
             cpus_n, mem_n = int(cpus.rstrip("+")), int(mem.rstrip("+"))
@@ -63,6 +90,9 @@ def parse_sinfo(text: str) -> dict[str, Partition]:
             continue
         p = parts.setdefault(name, Partition(name))
         p.cpus, p.mem_mb, p.gpus = max(p.cpus, cpus_n), max(p.mem_mb, mem_n), max(p.gpus, gpus_of(gres))
+        limit = minutes_of(fields[4]) if len(fields) == 5 else None
+        if limit is not None:
+            p.time_min = max(p.time_min or 0, limit)
     return parts
 
 
@@ -77,23 +107,38 @@ def query_partitions(timeout: float = 30) -> dict[str, Partition]:
 
 
 def misfits(needs: list[Need], partitions: dict[str, Partition]) -> list[str]:
-    """One line per rule that no partition's largest node can hold (a GPU rule: only partitions with
-    GPUs count), saying what it asks for and the most a partition offers."""
-    lines = []
+    """One line per rule that no partition's largest node can hold, or whose wall time exceeds every
+    such partition's time limit (a GPU rule: only partitions with GPUs count), saying what it asks
+    for and the most a partition offers."""
+    lines, named = [], set()
     for need in needs:
+        if need.rule in named:  # one line per rule (its first request that fits nowhere)
+            continue
         candidates = [p for p in partitions.values() if p.gpus >= need.gpus]
-        fit = [p for p in candidates if p.cpus >= need.threads and (need.mem_mb is None or p.mem_mb >= need.mem_mb)]
+        fit = [p for p in candidates if p.cpus >= need.threads and (need.mem_mb is None or p.mem_mb >= need.mem_mb)
+               and (need.runtime_min is None or p.time_min is None or p.time_min >= need.runtime_min)]
         if fit or not partitions:
             continue
         what = f"{need.threads} threads" + (f", {need.mem_mb} MB" if need.mem_mb is not None else "") + \
-               (f", {need.gpus} GPU(s)" if need.gpus else "")
+               (f", {need.gpus} GPU(s)" if need.gpus else "") + \
+               (f", {need.runtime_min} min" if need.runtime_min is not None else "")
         if not candidates:
             offer = f"no partition has nodes with {need.gpus} GPU(s)"
         else:
             offer = "largest node per partition: " + "; ".join(
-                f"{p.name}: {p.cpus} CPUs, {p.mem_mb} MB" + (f", {p.gpus} GPUs" if p.gpus else "") for p in candidates)
+                f"{p.name}: {p.cpus} CPUs, {p.mem_mb} MB" + (f", {p.gpus} GPUs" if p.gpus else "") +
+                (f", time limit {p.time_min} min" if p.time_min is not None else "") for p in candidates)
         lines.append(f"  {need.rule}: asks for {what}; {offer}")
+        named.add(need.rule)
     return lines
+
+
+# A group job asks for the sum of what its jobs running side by side need; the profile's `resources: gpu`
+# caps how many of them run at once (each on its own GPU).
+GROUP_FIX = (" A group job asks for what its jobs running side by side need together, and for the wall time "
+             "of those that run one after the other: lower how many run at once with `resources: gpu: 1` "
+             "(`--resources gpu=1`), or submit each job on its own (remove `groups:` from your copy of "
+             "profiles/slurm/config.yaml).")
 
 
 def check_fit(needs: list[Need], partitions: dict[str, Partition]) -> None:
@@ -102,8 +147,10 @@ def check_fit(needs: list[Need], partitions: dict[str, Partition]) -> None:
     if lines:
         raise FeatdynError(
             "these jobs would never start on this cluster (sinfo: no node of a fitting partition is that "
-            "large; SLURM would accept them and keep them pending):\n" + "\n".join(lines) + "\n"
+            "large, or its time limit is shorter; SLURM would accept them and keep them pending):\n"
+            + "\n".join(lines) + "\n"
             "Lower their threads (`--max-threads N` for all rules, or `set-threads` in your copy of "
-            "profiles/slurm/config.yaml) or their memory (`set-resources: <rule>: mem_mb: ...`), or send "
-            "them to larger partitions (profiles/slurm/partitions.yaml)."
+            "profiles/slurm/config.yaml), their memory or wall time (`set-resources: <rule>: mem_mb: ...` or "
+            "`runtime: <minutes>`), or send them to larger partitions (profiles/slurm/partitions.yaml)."
+            + (GROUP_FIX if any(" group job " in line for line in lines) else "")
         )

@@ -5,8 +5,10 @@
 #   started in, and the plugin opens it after --directory changed into the working directory
 #   ("Partition file not found"): that is why profiles/slurm does not set it.
 # - before the first submission (onstart), every job to be submitted must fit a node of some
-#   partition (featdyn.cluster, from sinfo): SLURM accepts a job larger than every node and keeps
-#   it pending for good (Reason=PartitionConfig), while Snakemake waits without a word.
+#   partition, within its time limit (featdyn.cluster, from sinfo): SLURM accepts a job larger than
+#   every node, or longer than the partition allows, and keeps it pending for good
+#   (Reason=PartitionConfig, PartitionTimeLimit), while Snakemake waits without a word. A job of a
+#   group (the profile's analysis group) is checked as the group job that is really submitted.
 # Main process only: the jobs' own Snakemake (--executor slurm-jobstep, --no-hooks) skips all of this.
 from featdyn import cluster as fdcluster
 
@@ -17,20 +19,31 @@ if workflow.is_main_process:
 
 
 def cluster_needs(jobs):
-    """What each job to be submitted asks for, per rule (the largest job of each rule)."""
+    """What each submission asks for: the distinct requests of each rule's jobs. A job that goes in a
+    group job (profiles/slurm: groups) is submitted as that group job, which asks for what its jobs
+    running side by side need together (Snakemake's group resources): each job may fit a node while
+    the group job does not."""
     needs = {}
     for job in jobs:
         if job.is_local:
             continue
-        res = job.resources
+        group = workflow.dag.get_job_group(job)
+        unit = job if group is None else group
+        res = unit.resources
         mem = res.get("mem_mb")
+        name = job.rule.name
+        if group is not None:
+            name = f"{job.group} group job ({', '.join(sorted({j.rule.name for j in group.jobs}))})"
+        runtime = res.get("runtime")
         need = fdcluster.Need(
-            job.rule.name, job.threads, mem if isinstance(mem, int) else None, int(res.get("gpu", 0) or 0)
+            name,
+            unit.threads,
+            mem if isinstance(mem, int) else None,
+            int(res.get("gpu", 0) or 0),
+            runtime if isinstance(runtime, int) else None,
         )
-        old = needs.get(job.rule.name)
-        if old is None or (need.threads, need.mem_mb or 0, need.gpus) > (old.threads, old.mem_mb or 0, old.gpus):
-            needs[job.rule.name] = need
-    return list(needs.values())
+        needs[need] = None  # every distinct request: one job may ask for more threads, another more memory
+    return list(needs)
 
 
 def check_cluster_fit():

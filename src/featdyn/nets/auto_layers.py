@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from featdyn import FeatdynError
-from featdyn.nets.layouts import decide
+from featdyn.nets.layouts import decide, refused_input
 
 # units never taken: global pooling, flattening, the classifier, pure layout changes, dropout
 _SKIP = (nn.Flatten, nn.Linear, nn.Dropout, nn.Identity)
@@ -85,7 +85,7 @@ def auto_layers(model: nn.Module, image_size: int) -> list[str]:
     handles = [modules[u].register_forward_hook(hook(u)) for u in units]
     try:
         x = torch.empty(1, 3, image_size, image_size, device=next(model.parameters()).device)
-        with torch.no_grad():
+        with torch.no_grad(), refused_input(model, image_size):
             model.eval()(x)
     finally:
         for h in handles:

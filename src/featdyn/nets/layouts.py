@@ -34,7 +34,8 @@ vectors (N, C). Every reader (statistics, per-filter tables, figures) then reads
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -188,6 +189,23 @@ def arrange(t: torch.Tensor, record: Mapping) -> dict[str, torch.Tensor]:
     return out
 
 
+@contextmanager
+def refused_input(model: nn.Module, image_size: int) -> Iterator[None]:
+    """Around a forward pass of ``image_size`` px images: a model that does not take them (a
+    torchvision ViT takes exactly the size it was built for; a deep CNN's kernels outgrow a small
+    map) fails with a FeatdynError naming the size, not with its own assertion in a later job. An
+    operation the meta device lacks (NotImplementedError) is not the model's refusal: it passes."""
+    try:
+        yield
+    except (FeatdynError, NotImplementedError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - models refuse sizes with AssertionError, RuntimeError, ValueError
+        raise FeatdynError(
+            f"{type(model).__name__} does not run on image_size {image_size} ({image_size} x {image_size} px "
+            f"images): {type(exc).__name__}: {str(exc).strip()[:300]}; set image_size to a size the model takes "
+            f"(a torchvision ViT takes exactly the size it was built for, 224)") from None
+
+
 def model_layouts(model: nn.Module, layers: Sequence[str], image_size: int,
                   layout: str | Mapping | None = None) -> dict[str, dict]:
     """The layout record of every layer of ``model`` (built on the meta device, a forward pass
@@ -197,7 +215,7 @@ def model_layouts(model: nn.Module, layers: Sequence[str], image_size: int,
         if unknown:
             raise FeatdynError(f"layout: {unknown} are not layers of this model (its layers: {list(layers)})")
     x = torch.empty(1, 3, image_size, image_size, device=next(model.parameters()).device)
-    with torch.no_grad(), LayerCapture(model, layers) as capture:
+    with torch.no_grad(), LayerCapture(model, layers) as capture, refused_input(model, image_size):
         shapes = {spec: tuple(t.shape[1:]) for spec, t in capture.run(x).items()}
     out, problems = {}, []
     for spec in layers:

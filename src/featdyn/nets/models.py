@@ -84,8 +84,11 @@ def resolve_weights(arch: str, name: str) -> torchvision.models.WeightsEnum | st
         model = arch[len(TIMM):]
         tags = [t.partition(".")[2] for t in _timm().list_pretrained(f"{model}.*")]
         if name not in tags:
+            # `weights` defaults to a torchvision name (IMAGENET1K_V1), which means nothing to timm
+            hint = (f"; {name!r} is a torchvision weights name: a timm model needs `weights` given"
+                    if name == "DEFAULT" or re.fullmatch(r"[A-Z0-9_]+_V\d+", name) else "")
             raise FeatdynError(f"unknown timm pretrained tag {name!r} for {model!r}; expected one of {tags} "
-                               f"(or null for random initialisation, or a file path)")
+                               f"(or null for random initialisation, or a file path){hint}")
         return f"{model}.{name}"
     enum = torchvision.models.get_model_weights(arch)
     try:

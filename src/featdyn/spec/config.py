@@ -135,7 +135,10 @@ def check(config: dict, base: str | Path = ".") -> None:
         try:
             fn(*args)
         except FeatdynError as exc:
-            problems.append(str(exc))
+            # a later check that meets the same problem (the layers of a model whose width or image
+            # size is refused) says nothing new: each problem is said once
+            if not any(str(exc) in p for p in problems):
+                problems.append(str(exc))
 
     checked_layers: set[tuple] = set()
     for name, spec in config["models"].items():
