@@ -54,8 +54,9 @@ def gpus_of(gres: str) -> int:
 
 
 def minutes_of(limit: str) -> int | None:
-    """Minutes in a SLURM time limit (``infinite``, ``days-hours[:minutes[:seconds]]``,
-    ``[hours:]minutes:seconds``, ``minutes``), rounded up; None for no limit or an unknown form."""
+    """Whole minutes in a SLURM time limit (``infinite``, ``days-hours[:minutes[:seconds]]``,
+    ``[hours:]minutes:seconds``, ``minutes``); None for no limit or an unknown form. Seconds are
+    dropped: a job asks for whole minutes, and fits a limit of m:ss only with at most m of them."""
     limit = limit.strip()
     days, _, rest = limit.rpartition("-") if "-" in limit else ("0", "", limit)
     try:
@@ -64,14 +65,12 @@ def minutes_of(limit: str) -> int | None:
     except ValueError:
         return None  # infinite, UNLIMITED, n/a
     if "-" in limit:  # days-hours[:minutes[:seconds]]
-        h, m, sec = (parts + [0, 0])[:3]
-    elif len(parts) == 3:
-        h, m, sec = parts
-    elif len(parts) == 2:  # minutes:seconds
-        h, (m, sec) = 0, parts
-    else:
-        h, m, sec = 0, parts[0], 0
-    return d * 1440 + h * 60 + m + (1 if sec else 0)
+        h, m = (parts + [0, 0])[:2]
+    elif len(parts) == 3:  # hours:minutes:seconds
+        h, m = parts[:2]
+    else:  # minutes[:seconds]
+        h, m = 0, parts[0]
+    return d * 1440 + h * 60 + m
 
 
 def parse_sinfo(text: str) -> dict[str, Partition]:

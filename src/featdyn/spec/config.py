@@ -135,10 +135,11 @@ def check(config: dict, base: str | Path = ".") -> None:
         try:
             fn(*args)
         except FeatdynError as exc:
-            # a later check that meets the same problem (the layers of a model whose width or image
-            # size is refused) says nothing new: each problem is said once
-            if not any(str(exc) in p for p in problems):
-                problems.append(str(exc))
+            # two checks that meet the same problem (the layers of a model whose width or image size
+            # is refused) say it once, with the longer message (the one that names the key)
+            msg = str(exc)
+            if not any(msg in p for p in problems):
+                problems[:] = [p for p in problems if p not in msg] + [msg]
 
     checked_layers: set[tuple] = set()
     for name, spec in config["models"].items():
