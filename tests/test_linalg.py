@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from featdyn.engine import linalg
-from featdyn.engine.linalg import eig_nuclear_norms, lapack_threads, parallel_map, svd_nuclear_norms, torch_threads
+from featdyn.engine.linalg import (
+    eig_nuclear_norms,
+    lapack_threads,
+    nuclear_norm,
+    parallel_map,
+    svd_nuclear_norms,
+    torch_threads,
+)
 
 from conftest import REPO
 from metric_reference import single_thread  # noqa: F401
@@ -118,3 +125,38 @@ def test_gpu_benchmark_code_runs_on_the_cpu():
     assert out["cpu_device_max_diff_metrics"] < 1e-8 and out["cpu_device_max_diff_filters"] < 1e-8
     assert out["filter"]["max_abs_error"] < 1e-8 and out["max_abs_diff"] < 1e-8
     assert out["matmul_fraction"] > 0
+
+
+def test_dead_units_keep_the_nuclear_norm_on_its_eigenvalue_path(monkeypatch):
+    """A dead unit (a channel constant over the probe set) makes its row of X^T Y exactly zero. The
+    rows and columns zero in the whole batch are dropped: the same singular values, and no exact
+    zero eigenvalue to send the matrix to the SVD (which must not run here: it would be ~4x slower
+    at 2048 channels). Lines zero in one matrix of a batch only are kept, and the SVD still
+    catches a matrix they make singular."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((400, 60)), rng.standard_normal((400, 50))
+    x[:, [3, 17, 40]] = 0.0  # dead units of each side
+    y[:, [0, 9]] = 0.0
+    m = x.T @ y
+    want = float(lapack_nuclear(m))
+    svdvals = torch.linalg.svdvals
+
+    def no_svd(*args, **kwargs):
+        raise AssertionError("the SVD ran")
+
+    monkeypatch.setattr(torch.linalg, "svdvals", no_svd)
+    assert float(nuclear_norm(torch.from_numpy(m), drop_zero_lines=True)) == pytest.approx(want, rel=1e-13)
+    batch = torch.from_numpy(np.stack([m, 2 * m]))
+    np.testing.assert_allclose(nuclear_norm(batch, drop_zero_lines=True).numpy(), [want, 2 * want], rtol=1e-13)
+    assert float(nuclear_norm(torch.zeros(5, 4, dtype=torch.float64), drop_zero_lines=True)) == 0.0
+    # Procrustes of layers with dead units takes that path, and keeps its value (scipy's reference)
+    from featdyn.engine.metrics import distance
+
+    from metric_reference import ref_procrustes
+
+    assert distance("procrustes", x, y, device="cpu") == pytest.approx(ref_procrustes(x, y), abs=1e-12)
+    monkeypatch.setattr(torch.linalg, "svdvals", svdvals)
+    other = m.copy()
+    other[5] = 0.0  # zero in this matrix only: kept, the SVD takes it
+    got = nuclear_norm(torch.from_numpy(np.stack([m, other])), drop_zero_lines=True).numpy()
+    np.testing.assert_allclose(got, [want, float(lapack_nuclear(other))], rtol=1e-13)

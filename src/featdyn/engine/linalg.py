@@ -210,7 +210,25 @@ def svd_nuclear_norms(m: torch.Tensor) -> torch.Tensor:
     return svdvals(m.to(torch.float64)).sum(-1)
 
 
-def _nuclear_norm_eig(m: torch.Tensor, rcond: float) -> torch.Tensor:
+def _without_zero_lines(m: torch.Tensor) -> torch.Tensor:
+    """``m`` (B, p, q) without the rows and columns that are zero in every matrix of the batch.
+
+    The singular values are the same, but the Gram matrix loses the exact zero eigenvalues that
+    would send it to the SVD: a dead unit (a channel constant over the probe set, common after a
+    ReLU) makes its row of X^T Y exactly zero, and an SVD of a 2048 x 2048 matrix costs ~4x the
+    eigenvalue path on a CPU (benchmarks/README.md, "Dead units")."""
+    nz = m != 0
+    rows, cols = nz.any(-1).any(0), nz.any(-2).any(0)
+    if bool(rows.all()) and bool(cols.all()):
+        return m
+    return m[:, rows][:, :, cols]
+
+
+def _nuclear_norm_eig(m: torch.Tensor, rcond: float, drop_zero_lines: bool = False) -> torch.Tensor:
+    if drop_zero_lines:
+        m = _without_zero_lines(m)
+        if 0 in m.shape[-2:]:  # every line is zero
+            return torch.zeros(m.shape[0], dtype=m.dtype, device=m.device)
     gram = m.mT @ m if m.shape[-1] <= m.shape[-2] else m @ m.mT
     lam = torch.linalg.eigvalsh(gram)
     good = lam[..., 0] >= rcond * lam[..., -1]
@@ -221,20 +239,26 @@ def _nuclear_norm_eig(m: torch.Tensor, rcond: float) -> torch.Tensor:
     return out
 
 
-def nuclear_norm(m: torch.Tensor, rcond: float = EIG_RCOND) -> torch.Tensor:
+def nuclear_norm(m: torch.Tensor, rcond: float = EIG_RCOND, drop_zero_lines: bool = False) -> torch.Tensor:
     """Sum of singular values of ``m`` (..., p, q), float64, to ~1e-13 relative.
 
     Uses sqrt(eigvalsh(M^T M)) on the smaller side when the spectrum allows it (an order of
     magnitude faster than an SVD on GPUs, 2x on CPUs), and svdvals for the matrices where it does
     not (lambda_min / lambda_max < ``rcond``). Batches run in chunks of :data:`MAX_BATCH`.
+
+    ``drop_zero_lines``: first drop the rows and columns zero in the whole batch (dead units), which
+    change no singular value, so that they do not send the matrix to the SVD. For a value read
+    as it is (Procrustes); not for one read through arccos near 1 (PWSM of a layer against itself),
+    which turns the eigenvalue path's ~1e-14 relative error into an angle of ~1e-7, where the SVD
+    of a whitened matrix with dropped directions gives 0.
     """
     m = m.to(torch.float64)
     with lapack_threads(max(m.shape[-2:]), m.device):
         if m.ndim == 2:
-            return _nuclear_norm_eig(m[None], rcond)[0]
+            return _nuclear_norm_eig(m[None], rcond, drop_zero_lines)[0]
         lead = m.shape[:-2]
         flat = m.reshape(-1, *m.shape[-2:])
-        return chunked(lambda b: _nuclear_norm_eig(b, rcond), flat).reshape(lead)
+        return chunked(lambda b: _nuclear_norm_eig(b, rcond, drop_zero_lines), flat).reshape(lead)
 
 
 def polar_schedule(size: int, tol: float) -> list[float]:

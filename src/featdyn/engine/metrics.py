@@ -119,7 +119,8 @@ def procrustes(s: PairStats) -> float:
     tx, ty = float(torch.trace(cxx)), float(torch.trace(cyy))
     if tx <= 0 or ty <= 0:
         return _undefined("procrustes")
-    return min(max(1.0 - float(nuclear_norm(cxy)) / math.sqrt(tx * ty), 0.0), 1.0)
+    # a dead unit's zero row of Cxy changes no singular value: dropped, it keeps the fast path
+    return min(max(1.0 - float(nuclear_norm(cxy, drop_zero_lines=True)) / math.sqrt(tx * ty), 0.0), 1.0)
 
 
 def _eig_side(s: PairStats, side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
