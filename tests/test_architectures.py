@@ -159,6 +159,11 @@ def test_vit_token_layers_patches_cls_and_mean(arch_run):
     # bootstrap intervals resample images (2 groups here), never tokens: intervals exist
     scores = source_scores(arch_run, "procrustes_cls", "vit")
     assert scores[scores["epoch"] == 1][["ci_low", "ci_high"]].notna().all().all()
+    # the permutation null of a class-token reading is that reading's (tests/test_token_floor.py)
+    null = pd.read_csv(arch_run / "results/scores/procrustes_cls/vit/colours.csv")
+    null = null[(null["comparison"] == "permutation") & (null["layer"] == "encoder.ln")]
+    assert len(null) and scores["null"].notna().all()
+    assert (scores[scores["layer"] == "encoder.ln"]["null"] == null["value"].mean()).all()
 
 
 def test_store_records_layouts(arch_run):

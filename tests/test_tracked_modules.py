@@ -31,7 +31,7 @@ TRACKED = {
     "fetch_weights": {"atomic", "data.download", "nets.models", "progress"},
     "filter_scores": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
-        "engine.metrics", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
+        "engine.metrics", "engine.readings", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
         "spec.layouts", "spec.metric_kinds"},
     "findings": {
         "atomic", "engine.bootstrap", "engine.filterwise", "engine.linalg", "engine.metrics", "engine.stats",
@@ -43,15 +43,15 @@ TRACKED = {
         "spec.fingerprints", "spec.hyperparams", "spec.replicates"},
     "layer_stats": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
-        "engine.metrics", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
+        "engine.metrics", "engine.readings", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
         "spec.layouts", "spec.metric_kinds"},
     "materialise_demo": {"atomic", "data.demo_data", "progress"},
     "metric_correlation": {
         "atomic", "engine.bootstrap", "engine.filterwise", "engine.linalg", "engine.metrics", "engine.stats",
         "finite", "progress", "report.correlation", "report.replicas", "report.tables", "spec.metric_kinds"},
     "null_stats": {
-        "atomic", "data.download", "data.stores", "engine.linalg", "engine.noise", "engine.stats", "finite",
-        "progress", "spec.layouts"},
+        "atomic", "data.download", "data.stores", "engine.linalg", "engine.noise", "engine.readings", "engine.stats",
+        "finite", "progress", "spec.layouts"},
     "prepare_dataset": {"atomic", "data.datasets", "data.prefetch", "progress", "spec.fingerprints"},
     "recipes": {
         "atomic", "engine.bootstrap", "engine.filterwise", "engine.linalg", "engine.metrics", "engine.stats",
@@ -59,19 +59,19 @@ TRACKED = {
         "report.replicas", "report.tables", "spec.metric_kinds", "spec.recipe_names"},
     "replicate_filter_scores": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
-        "engine.metrics", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
+        "engine.metrics", "engine.readings", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
         "spec.layouts", "spec.metric_kinds"},
     "replicate_stats": {
-        "atomic", "data.download", "data.stores", "engine.linalg", "engine.noise", "engine.stats", "finite",
-        "progress", "spec.layouts"},
+        "atomic", "data.download", "data.stores", "engine.linalg", "engine.noise", "engine.readings", "engine.stats",
+        "finite", "progress", "spec.layouts"},
     "score": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.floor",
-        "engine.linalg", "engine.metrics", "engine.noise", "engine.similarity", "engine.stats", "finite",
+        "engine.linalg", "engine.metrics", "engine.noise", "engine.readings", "engine.similarity", "engine.stats", "finite",
         "progress", "spec.columns", "spec.layouts", "spec.metric_kinds", "spec.replicates"},
     "similarity_curves": {"atomic", "progress", "report.figures", "report.replicas"},
     "source_stats": {
         "atomic", "data.download", "data.stores", "engine.bootstrap", "engine.filterwise", "engine.linalg",
-        "engine.metrics", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
+        "engine.metrics", "engine.readings", "engine.similarity", "engine.stats", "finite", "progress", "spec.columns",
         "spec.layouts", "spec.metric_kinds"},
     "table1": {
         "atomic", "engine.bootstrap", "engine.filterwise", "engine.linalg", "engine.metrics", "engine.stats",
@@ -81,7 +81,7 @@ TRACKED = {
         "finite", "progress", "report.replicas", "report.tables", "spec.metric_kinds"},
     "visualize": {
         "atomic", "data.datasets", "data.download", "data.prefetch", "data.stores", "engine.bootstrap",
-        "engine.filterwise", "engine.linalg", "engine.metrics", "engine.similarity", "engine.stats", "finite",
+        "engine.filterwise", "engine.linalg", "engine.metrics", "engine.readings", "engine.similarity", "engine.stats", "finite",
         "nets.layers", "nets.layouts", "nets.models", "nets.receptive_field", "nets.unit_fields", "progress",
         "report.figures", "report.heatmaps", "report.patches", "report.units", "report.visualize",
         "spec.columns", "spec.fingerprints", "spec.layouts", "spec.metric_kinds"},

@@ -122,6 +122,7 @@ rule replicate_stats:
         gpu=1,
     params:
         layers=lambda w: fdconfig.layers_of(config, w.model),
+        tokens=fdconfig.token_readings(config),
         code=script_code("replicate_stats.py"),
     script:
         "../scripts/replicate_stats.py"
@@ -179,6 +180,7 @@ rule null_stats:
     params:
         layers=lambda w: fdconfig.layers_of(config, w.model),
         null=NULL,
+        tokens=fdconfig.token_readings(config),
         code=script_code("null_stats.py"),
     script:
         "../scripts/null_stats.py"

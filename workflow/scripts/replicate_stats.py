@@ -9,7 +9,7 @@ w, i = snakemake.wildcards, snakemake.input
 expect = expected_attrs(i.summary, model=w.model, dataset=w.dataset, layers=snakemake.params.layers, epoch=int(w.epoch))
 pairs = replicate_pair_stats(i.store_a, i.store_b, pick_device(snakemake.config["device"]), expect,
                              attrs_a=expected_attrs(checkpoint=i.checkpoint_a),
-                             attrs_b=expected_attrs(checkpoint=i.checkpoint_b))
+                             attrs_b=expected_attrs(checkpoint=i.checkpoint_b), tokens=snakemake.params.tokens)
 save_full_pairs(snakemake.output[0], pairs)
 log.info("replicates %s and %s, epoch %s: statistics of %d layers -> %s", w.a, w.b, w.epoch, len(pairs),
          snakemake.output[0])

@@ -21,6 +21,7 @@ from featdyn import FeatdynError
 from featdyn.engine.bootstrap import BootstrapSpec, Replicates
 from featdyn.engine.metrics import DegenerateWarning, from_stats
 from featdyn.engine.noise import load_full_pairs, load_null, ratio
+from featdyn.engine.readings import select_reading
 from featdyn.engine.similarity import (
     filter_scores_of_table,
     score_filters_with_replicates,
@@ -61,12 +62,8 @@ def score_run(block: Mapping, *, model: str, dataset: str, metric: str, epochs: 
     a < b, epoch by epoch) and ``null``)."""
     params = {key: v for key, v in block.items() if key not in ("kind", "granularity", "tokens")}
     filt = block["granularity"] == "filter"
-    # The floor and the null are computed on the layers as stored (a token layer's patch grid); a
-    # metric reading a token layer's class or mean token gets neither (NaN), rather than another reading's.
-    compared = block.get("tokens", "patches") == "patches"
-    if not compared:
-        log.warning("metrics.%s reads tokens: %s: no noise floor or permutation null (computed on the patch "
-                    "grid only)", metric, block.get("tokens"))
+    # the floor and the null read token layers as the distances to the source do (the metric's `tokens`)
+    reading = block.get("tokens", "patches")
     frames, boots = [], []
     epoch_files = _split(inputs["epochs"], k)
     group_files = _split(inputs["groups"], k) if spec is not None and spec.enabled else [[]] * k
@@ -90,7 +87,7 @@ def score_run(block: Mapping, *, model: str, dataset: str, metric: str, epochs: 
     # between replicates: every pair at every epoch (layer metrics from their pair statistics,
     # filter metrics from their per-filter tables of the pair)
     pair_rows = []
-    if k >= 2 and compared:
+    if k >= 2:
         pairs = replicate_pairs(k)
         files = inputs["pairs"]
         if len(files) != len(pairs) * len(epochs):
@@ -103,7 +100,7 @@ def score_run(block: Mapping, *, model: str, dataset: str, metric: str, epochs: 
                               for (layer, _), scores in filter_scores_of_table(pd.read_csv(path)).items()}
                 else:
                     values = {}
-                    for layer, stats in load_full_pairs(path, device).items():
+                    for layer, stats in select_reading(load_full_pairs(path, device), reading).items():
                         what = (f"metrics.{metric} ({block['kind']}) between replicates {a} and {b} ({path}), "
                                 f"layer {layer!r}")
                         values[layer] = _value(block["kind"], stats, params, what)
@@ -112,9 +109,9 @@ def score_run(block: Mapping, *, model: str, dataset: str, metric: str, epochs: 
                                       "value": value, "comparison": "replicates", "replicate": a, "other": b})
     # the permutation null of replicate 0's source model, per layer
     null_rows = []
-    if not filt and compared and null_count and inputs.get("null"):
+    if not filt and null_count and inputs.get("null"):
         src = load_sides(inputs["source"][0], device)
-        for layer, perms in load_null(inputs["null"], src, null_count, device).items():
+        for layer, perms in select_reading(load_null(inputs["null"], src, null_count, device), reading).items():
             for p, stats in enumerate(perms):
                 what = f"metrics.{metric} ({block['kind']}) permutation null {p} ({inputs['null']}), layer {layer!r}"
                 null_rows.append({**base, "layer": layer, "layer_index": layer_index[layer], "epoch": 0,

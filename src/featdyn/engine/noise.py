@@ -27,6 +27,7 @@ import torch
 from featdyn import FeatdynError
 from featdyn.atomic import atomic_path
 from featdyn.data.stores import check_pair, open_store
+from featdyn.engine.readings import describe, read_reading, reading_batches, readings
 from featdyn.engine.stats import (
     PairStats,
     SideStats,
@@ -43,22 +44,25 @@ log = logging.getLogger("featdyn.engine.noise")
 
 def replicate_pair_stats(path_a: str | os.PathLike, path_b: str | os.PathLike, device: torch.device | str = "cpu",
                          expect: Mapping | None = None, *, attrs_a: Mapping | None = None,
-                         attrs_b: Mapping | None = None) -> dict[str, PairStats]:
+                         attrs_b: Mapping | None = None, tokens: Sequence[str] = ()) -> dict[str, PairStats]:
     """Per-layer statistics of two replicates' stores of the same epoch (both sides and the cross
-    term), streamed chunk by chunk. ``expect`` applies to both stores, ``attrs_a`` / ``attrs_b`` to
-    one (its epoch and checkpoint hash)."""
+    term), streamed chunk by chunk; a token layer also in each of ``tokens`` ('cls', 'mean'; keyed
+    as :func:`featdyn.engine.readings.readings` says). ``expect`` applies to both stores,
+    ``attrs_a`` / ``attrs_b`` to one (its epoch and checkpoint hash)."""
     a = open_store(path_a, {**(expect or {}), **(attrs_a or {})})
     b = open_store(path_b, {**(expect or {}), **(attrs_b or {})})
     check_pair(a, b)
     out = {}
-    for layer in a.layers:
+    for key, layer, reading in readings(a, tokens):
         chunk = a.array(layer).chunks[0]
-        blocks = ((xa, xb) for (_, xa), (_, xb) in zip(a.batches(layer), b.batches(layer, chunk)))
+        blocks = ((xa, xb) for (_, xa), (_, xb) in zip(reading_batches(a, layer, reading, chunk),
+                                                        reading_batches(b, layer, reading, chunk)))
         try:
-            out[layer] = stream_pair(blocks, device)
+            out[key] = stream_pair(blocks, device)
         except FeatdynError as exc:
-            raise FeatdynError(f"activation stores {path_a} and {path_b}, layer {layer!r}: {exc}") from exc
-        log.info("replicates %s: n=%d", layer, out[layer].n)
+            raise FeatdynError(f"activation stores {path_a} and {path_b}, layer {describe(layer, reading)}: "
+                               f"{exc}") from exc
+        log.info("replicates %s: n=%d", key, out[key].n)
     return out
 
 
@@ -106,16 +110,18 @@ def permutations(n: int, count: int, seed: int) -> np.ndarray:
     return np.stack([rng.permutation(n) for _ in range(count)]) if count else np.empty((0, n), np.int64)
 
 
-def _permuted_blocks(store, layer: str, perm: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(x block, x[perm] block) in the store's chunks: the permuted rows are read chunk by chunk
-    (checksums verified) and gathered, so memory stays at a few chunks."""
+def _permuted_blocks(store, layer: str, perm: np.ndarray,
+                     reading: str = "patches") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(x block, x[perm] block) of a layer's ``reading`` in the store's chunks: the permuted rows are
+    read chunk by chunk (checksums verified) and gathered, so memory stays at a few chunks."""
     chunk = store.array(layer).chunks[0]
     cache: dict[int, np.ndarray] = {}
-    for start, xb in store.batches(layer):
+    for start, xb in reading_batches(store, layer, reading, chunk):
         want = perm[start:start + len(xb)]
         for c in np.unique(want // chunk):
             if int(c) not in cache:
-                cache[int(c)] = store.read(layer, int(c) * chunk, min((int(c) + 1) * chunk, store.n))
+                cache[int(c)] = read_reading(store, layer, reading, int(c) * chunk,
+                                             min((int(c) + 1) * chunk, store.n))
         yb = np.stack([cache[int(i // chunk)][int(i % chunk)] for i in want])
         # keep the chunks the next blocks still need (a few at a time on average)
         later = set((perm[start + len(xb):] // chunk).tolist())
@@ -125,21 +131,25 @@ def _permuted_blocks(store, layer: str, perm: np.ndarray) -> Iterator[tuple[np.n
 
 
 def null_stats_from_store(path: str | os.PathLike, source: Mapping[str, SideStats], count: int, seed: int,
-                          device: torch.device | str = "cpu", expect: Mapping | None = None
-                          ) -> dict[str, list[PairStats]]:
+                          device: torch.device | str = "cpu", expect: Mapping | None = None,
+                          tokens: Sequence[str] = ()) -> dict[str, list[PairStats]]:
     """Per layer, the statistics of (X, X[pi]) for ``count`` seeded permutations pi of the probe
-    images (:func:`permutations`); X is the store's layer, whose statistics ``source`` already holds."""
+    images (:func:`permutations`); X is the store's layer, whose statistics ``source`` already holds.
+    A token layer also in each of ``tokens`` (the same permutations: whole images, their tokens
+    with them)."""
     store = open_store(path, expect)
     perms = permutations(store.n, count, seed)
     out: dict[str, list[PairStats]] = {}
-    for layer in store.layers:
-        if layer not in source:
-            raise FeatdynError(f"source statistics lack layer {layer!r}")
+    for key, layer, reading in readings(store, tokens):
+        if key not in source:
+            raise FeatdynError(f"source statistics lack layer {describe(layer, reading)}")
         try:
-            out[layer] = [stream_pair(_permuted_blocks(store, layer, p), device, source=source[layer]) for p in perms]
+            out[key] = [stream_pair(_permuted_blocks(store, layer, p, reading), device, source=source[key])
+                        for p in perms]
         except FeatdynError as exc:
-            raise FeatdynError(f"activation store {path}, layer {layer!r}, permutation null: {exc}") from exc
-        log.info("null %s: %d permutations", layer, len(perms))
+            raise FeatdynError(f"activation store {path}, layer {describe(layer, reading)}, permutation null: "
+                               f"{exc}") from exc
+        log.info("null %s: %d permutations", key, len(perms))
     return out
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from featdyn import FeatdynError
-from featdyn.data.stores import ActivationStore, open_pair, open_store
+from featdyn.data.stores import open_pair, open_store
 from featdyn.engine.bootstrap import (
     BootstrapSpec,
     FilterGroups,
@@ -26,6 +26,7 @@ from featdyn.engine.bootstrap import (
 )
 from featdyn.engine.filterwise import FilterAccumulator, FilterScores
 from featdyn.engine.metrics import DegenerateWarning, from_stats
+from featdyn.engine.readings import describe, reading_batches, readings, select_reading
 from featdyn.engine.stats import (
     Accumulator,
     GroupAccumulator,
@@ -40,10 +41,6 @@ from featdyn.engine.stats import (
 )
 from featdyn.progress import Progress
 from featdyn.spec.columns import FILTER_COLUMNS, SCORE_COLUMNS
-from featdyn.spec.layouts import TOKEN_READINGS, prefix_name
-
-# key of a token layer's other readings in the statistics files: '<layer>#cls', '<layer>#mean'
-READING_SEP = "#"
 
 log = logging.getLogger("featdyn.engine.similarity")
 
@@ -68,52 +65,6 @@ def source_stats_from_store(path: str | os.PathLike, device: torch.device | str 
     return source_group_stats_from_store(path, device, expect, groups=0)[0]
 
 
-def readings(store: ActivationStore, tokens: Sequence[str] = ()) -> list[tuple[str, str, str]]:
-    """(key, layer, reading) of every statistic kept for ``store``: each layer as stored (maps, and
-    a token layer's patch grid: reading 'patches', key the layer), and for each token layer each
-    of ``tokens`` ('cls', 'mean'; key '<layer>#<reading>')."""
-    out = []
-    for layer in store.layers:
-        out.append((layer, layer, "patches"))
-        if store.layout(layer)["layout"] == "NTC":
-            out += [(f"{layer}{READING_SEP}{t}", layer, t) for t in tokens if t != "patches"]
-    return out
-
-
-def _named(layer: str, reading: str) -> str:
-    return repr(layer) if reading == "patches" else f"{layer!r} (tokens: {reading})"
-
-
-def reading_batches(store: ActivationStore, layer: str, reading: str,
-                    batch: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, block) of a layer's ``reading``: the stored maps ('patches'), the class token, one
-    row per image ('cls', the first prefix token), or the mean patch token ('mean', float64)."""
-    if reading == "patches":
-        yield from store.batches(layer, batch)
-        return
-    if reading == "cls":
-        if not store.layout(layer).get("prefix"):
-            raise FeatdynError(f"activation store {store.path}: layer {layer!r} has no class token (tokens: cls)")
-        step = batch or store.array(layer).chunks[0]
-        for start in range(0, store.n, step):
-            yield start, store.read(prefix_name(layer), start, min(start + step, store.n))[:, :, 0]
-        return
-    if reading == "mean":
-        for start, block in store.batches(layer, batch):
-            yield start, block.astype(np.float64).mean(axis=(2, 3))
-        return
-    raise FeatdynError(f"unknown token reading {reading!r}; expected one of {list(TOKEN_READINGS)}")
-
-
-def select_reading(stats: Mapping[str, object], reading: str) -> dict[str, object]:
-    """The statistics a metric reading ``reading`` of token layers uses, keyed by layer: a token
-    layer's '<layer>#<reading>' entry where there is one, every other layer as stored."""
-    plain = [k for k in stats if READING_SEP not in k]
-    if reading == "patches":
-        return {k: stats[k] for k in plain}
-    return {k: stats.get(f"{k}{READING_SEP}{reading}", stats[k]) for k in plain}
-
-
 def source_group_stats_from_store(path: str | os.PathLike, device: torch.device | str = "cpu",
                                   expect: Mapping | None = None, groups: int = 0, tokens: Sequence[str] = ()
                                   ) -> tuple[dict[str, SideStats], dict[str, list[SideStats]]]:
@@ -123,7 +74,7 @@ def source_group_stats_from_store(path: str | os.PathLike, device: torch.device 
     store = open_store(path, {**(expect or {}), "epoch": 0})
     out, grouped = {}, {}
     for key, layer, reading in readings(store, tokens):
-        with about(f"activation store {path}, layer {_named(layer, reading)}, epoch 0", path):
+        with about(f"activation store {path}, layer {describe(layer, reading)}, epoch 0", path):
             acc = Accumulator(device)
             gacc = GroupAccumulator(image_groups(store.n, groups), device) if groups else None
             for start, block in reading_batches(store, layer, reading):
@@ -177,7 +128,7 @@ def pair_group_stats_from_stores(source_path: str | os.PathLike, target_path: st
                     gacc.update(start, xb, yb)
                 yield xb, yb
 
-        with about(f"activation stores {source_path} and {target_path}, layer {_named(layer, reading)}, "
+        with about(f"activation stores {source_path} and {target_path}, layer {describe(layer, reading)}, "
                    f"epoch {tgt.attrs.get('epoch')}", source_path, target_path):
             out[key] = stream_pair(blocks(), device, source=source[key])
             if gacc is not None:
