@@ -57,15 +57,14 @@ def minutes_of(limit: str) -> int | None:
     """Whole minutes in a SLURM time limit (``infinite``, ``days-hours[:minutes[:seconds]]``,
     ``[hours:]minutes:seconds``, ``minutes``); None for no limit or an unknown form. Seconds are
     dropped: a job asks for whole minutes, and fits a limit of m:ss only with at most m of them."""
-    limit = limit.strip()
-    days, _, rest = limit.rpartition("-") if "-" in limit else ("0", "", limit)
+    days, dash, rest = limit.strip().rpartition("-")
     try:
-        d = int(days)
+        d = int(days) if dash else 0
         parts = [int(x) for x in rest.split(":")]
     except ValueError:
         return None  # infinite, UNLIMITED, n/a
-    if "-" in limit:  # days-hours[:minutes[:seconds]]
-        h, m = (parts + [0, 0])[:2]
+    if dash:  # days-hours[:minutes[:seconds]]
+        h, m = (parts + [0])[:2]
     elif len(parts) == 3:  # hours:minutes:seconds
         h, m = parts[:2]
     else:  # minutes[:seconds]

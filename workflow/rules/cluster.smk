@@ -23,17 +23,19 @@ def cluster_needs(jobs):
     group job (profiles/slurm: groups) is submitted as that group job, which asks for what its jobs
     running side by side need together (Snakemake's group resources): each job may fit a node while
     the group job does not."""
-    needs = {}
+    needs, groups = {}, set()
     for job in jobs:
         if job.is_local:
             continue
+        unit, name = job, job.rule.name
         group = workflow.dag.get_job_group(job)
-        unit = job if group is None else group
+        if group is not None:
+            if id(group) in groups:  # one request per group job, whichever of its jobs comes first
+                continue
+            groups.add(id(group))
+            unit, name = group, f"{group.groupid} group job ({', '.join(sorted(group.rules))})"
         res = unit.resources
         mem = res.get("mem_mb")
-        name = job.rule.name
-        if group is not None:
-            name = f"{job.group} group job ({', '.join(sorted({j.rule.name for j in group.jobs}))})"
         runtime = res.get("runtime")
         need = fdcluster.Need(
             name,
